@@ -1,0 +1,131 @@
+"""The default experiment config: every key a run can set, with its default.
+
+Experiment files in `configs/` call `base_config()` and override what they change, big_vision style.
+Anything here can be overridden on the command line: `--config.model.num_layers=4`.
+"""
+import ml_collections
+
+# Logical axis -> mesh axes. Parameters: FSDP shards the embed dimension, tensor parallelism shards heads,
+# MLP and vocabulary. Activations: batch over ('data', 'fsdp'). A rule maps to None = replicated.
+DEFAULT_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("positions", None),
+    ("norm", None),
+    ("layers", None),
+    ("classes", None),
+    ("router", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    m = c.model = ml_collections.ConfigDict()
+    m.causal = False  # False: bidirectional encoder (MLM); True: decoder (CLM)
+    m.vocab_size = 8192
+    m.num_layers = 4
+    m.d_model = 256
+    m.num_heads = 4
+    m.head_dim = 64
+    m.mlp_dim = 1024
+    m.activation = "gelu"  # gelu | swiglu
+    m.norm = "layernorm"  # layernorm | rmsnorm
+    m.norm_position = "pre"  # pre | post (BERT is post-norm)
+    m.norm_eps = 1e-5
+    m.positions = "learned"  # learned | rotary
+    m.rotary_fraction = 1.0  # share of head dims rotated (Pythia: 0.25)
+    m.rotary_base = 10000.0
+    m.max_len = 128  # learned position table size
+    m.parallel_residual = False  # Pythia: x + attn(ln1 x) + mlp(ln2 x)
+    m.dropout_rate = 0.0
+    m.use_bias = True
+    m.head = "none"  # none (headless) | tied | untied
+    m.mlm_head_transform = True  # classical MLM: BERT dense + GELU + norm before the decoder
+    m.init_std = 0.02
+    m.dtype = "float32"  # compute dtype; parameters stay float32
+    m.attention = "auto"  # auto | xla | cudnn | splash
+    m.remat = "none"  # none | full | dots (save matmul outputs)
+    m.scan_layers = False
+    r = m.routing = ml_collections.ConfigDict()
+    r.kind = "none"  # none | skip | topk
+    r.layers = ""  # comma-separated layer indices, or "every:N" (layers N-1, 2N-1, ...)
+    r.target = "block"  # block | attention | mlp: what a routed token skips
+    r.capacity = 0.5  # topk: fraction of each sequence executed; skip: target executed fraction P
+    r.budget_weight = 0.1  # skip: lambda of the budget loss
+    r.gumbel_temperature = 1.0
+    r.predictor_weight = 0.1  # topk, causal: auxiliary BCE weight of the causal router predictor
+
+    o = c.objective = ml_collections.ConfigDict()
+    o.task = "mlm"  # mlm | clm
+    o.loss = "cwt"  # cwt | ce | cwt+ce
+    o.cwt_weight = 1.0
+    o.ce_weight = 1.0
+    o.mask_rate = 0.15
+    o.cwt_group_size = 0  # sequences per negative group; 0 = the whole per-step batch
+    o.cwt_temperature = 1.0
+    o.cwt_block_size = 0  # >0: blockwise CWT with this column block; 0: dense unless over the budget
+    o.cwt_memory_budget_mb = 1024.0  # dense [G,K,K] logits above this switch to blockwise automatically
+    o.ce_all_positions = False  # MLM: logits at all positions as the reference did (costlier)
+    o.ce_vocab_chunk = 0  # >0: chunked vocabulary CE (never materialise [N,V] logits at once)
+    o.z_loss = 0.0
+
+    d = c.data = ml_collections.ConfigDict()
+    d.sources = "embedded"  # comma-separated: embedded | text:GLOB | jsonl:GLOB[?field=text] | tfds:NAME[?split=train&field=text]
+    d.mixing_alpha = 0.3  # several sources: sample source i with p_i ∝ n_i^alpha
+    d.seq_len = 128
+    d.packing = "windows"  # windows: fixed windows over concatenated text | documents: packed with segment ids
+    d.heldout_fraction = 0.05  # tail of every document kept out of training
+    d.tokenizer_model = ""  # path to a SentencePiece model; empty: train one from the sources
+    d.tokenizer_sample_chars = 20_000_000
+    d.cache_dir = ""  # tokenizer and token cache; empty: <workdir>/cache
+    d.worker_count = 0  # grain worker processes (0: in the main process)
+
+    t = c.train = ml_collections.ConfigDict()
+    t.global_batch_size = 32
+    t.microbatches = 1  # gradient accumulation steps per update
+    t.num_steps = 1000
+    t.log_every = 20
+    t.eval_every = 200
+    t.eval_batches = 8
+    t.checkpoint_every = 200
+    t.keep_checkpoints = 3
+    t.permanent_every = 0  # >0: keep every checkpoint at a multiple of this, forever
+    t.nonfinite = "stop"  # stop | skip: what a non-finite loss or gradient norm does
+    t.peak_flops_per_device = 0.0  # 0: look up the device in headless_jax.train.flops
+
+    opt = c.optim = ml_collections.ConfigDict()
+    opt.learning_rate = 1e-3
+    opt.schedule = "cosine"  # cosine | linear | constant | wsd
+    opt.warmup_steps = 100
+    opt.decay_fraction = 0.2  # wsd: share of steps in the final decay
+    opt.min_lr_ratio = 0.1
+    opt.b1 = 0.9
+    opt.b2 = 0.98
+    opt.eps = 1e-8
+    opt.weight_decay = 0.01
+    opt.decay_embeddings = True
+    opt.grad_clip = 1.0
+
+    mesh = c.mesh = ml_collections.ConfigDict()
+    mesh.data = -1  # -1: fill with the remaining devices
+    mesh.fsdp = 1
+    mesh.tensor = 1
+    mesh.dcn_data = 1  # multi-slice TPU: slices along the data axis
+    mesh.axis_rules = DEFAULT_AXIS_RULES
+
+    dist = c.distributed = ml_collections.ConfigDict()
+    dist.coordinator_address = ""  # empty: auto-detect (TPU VM, SLURM) or single process
+    dist.num_processes = 0
+    dist.process_id = -1
+    return c

