@@ -1,0 +1,41 @@
+"""The language model: a transformer body returning hidden states, plus an optional vocabulary head."""
+import flax.linen as nn
+import jax
+import ml_collections
+
+from headless_jax.model.heads import ClassificationHead, VocabularyHead, head_logits
+from headless_jax.model.transformer import Transformer
+
+
+class LanguageModel(nn.Module):
+    """`__call__` → final hidden states [B,L,D]; `decoder` / `logits` apply the head (classical models only)."""
+    config: ml_collections.FrozenConfigDict  # the `model` section of an experiment config
+
+    def setup(self):
+        self.body = Transformer(self.config)
+        if self.config.head != "none":
+            self.head = VocabularyHead(self.config)
+
+    def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, deterministic: bool = True) -> jax.Array:
+        h_BxLxD = self.body(tokens_BxL, segment_ids_BxL, positions_BxL, deterministic)
+        if self.is_initializing() and self.config.head != "none":
+            self.decoder(h_BxLxD[:, 0])  # create the head's parameters at init
+        return h_BxLxD
+
+    def decoder(self, h_NxD: jax.Array):
+        """(features [N,D], weight [V,D], bias [V] | None) of the vocabulary head."""
+        if self.config.head == "none":
+            raise ValueError("this model is headless (model.head='none'): it has no vocabulary head; "
+                             "rank tokens with o·Eᵀ, or set --config.model.head=tied|untied")
+        return self.head(h_NxD, self.body.variables["params"]["embed"]["embedding"])
+
+    def logits(self, h_NxD: jax.Array) -> jax.Array:
+        return head_logits(*self.decoder(h_NxD))
+
+
+def embedding_matrix(params) -> jax.Array:
+    """The word-embedding matrix E [V,D] from a LanguageModel's params (the CWT targets)."""
+    return params["body"]["embed"]["embedding"]
+
+
+__all__ = ["LanguageModel", "ClassificationHead", "embedding_matrix", "head_logits"]

@@ -1,0 +1,63 @@
+"""Vocabulary heads. A headless model has none; classical baselines and the LM-head fine-tuning use these.
+
+A head is split into `features` (the BERT transform, or identity) and a decoder `weight_VxD` (+ `bias_V`), so
+that the loss can either form full logits or stream over vocabulary chunks without materialising them.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from headless_jax.model.layers import dense_init, make_norm, zeros_init
+
+
+class VocabularyHead(nn.Module):
+    """MLM (BERT): dense + GELU + norm, tied decoder + bias. CLM (Pythia/GPT): tied or untied, no bias."""
+    cfg: object
+
+    @nn.compact
+    def __call__(self, h_NxD: jax.Array, embedding_VxD: jax.Array):
+        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        features_NxD = h_NxD
+        if not cfg.causal and cfg.mlm_head_transform:
+            features_NxD = nn.Dense(cfg.d_model, dtype=dtype, name="transform",
+                                    kernel_init=dense_init(cfg.init_std, ("embed", "mlp")),
+                                    bias_init=zeros_init(("mlp",)))(features_NxD)
+            features_NxD = make_norm(cfg, "transform_norm")(nn.gelu(features_NxD))
+        if cfg.head == "tied":
+            weight_VxD = embedding_VxD
+        elif cfg.head == "untied":
+            weight_VxD = self.param("decoder", dense_init(cfg.init_std, ("vocab", "embed")),
+                                    (cfg.vocab_size, cfg.d_model))
+        else:
+            raise ValueError(f"unknown head {cfg.head!r}: use tied or untied (or none for a headless model)")
+        bias_V = None if cfg.causal else self.param("bias", zeros_init(("vocab",)), (cfg.vocab_size,))
+        return features_NxD, weight_VxD, bias_V
+
+
+def head_logits(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Array | None) -> jax.Array:
+    """float32 logits [N,V] from head features and decoder."""
+    logits_NxV = jnp.einsum("nd,vd->nv", features_NxD, weight_VxD.astype(features_NxD.dtype),
+                            preferred_element_type=jnp.float32)
+    return logits_NxV if bias_V is None else logits_NxV + bias_V
+
+
+class ClassificationHead(nn.Module):
+    """Sequence classification / regression: pooled hidden state → dropout → linear."""
+    num_outputs: int
+    pooling: str = "cls"  # cls (first token) | mean (over non-padding tokens)
+    dropout_rate: float = 0.1
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, h_BxLxD: jax.Array, segment_ids_BxL: jax.Array, deterministic: bool = True) -> jax.Array:
+        if self.pooling == "cls":
+            pooled_BxD = h_BxLxD[:, 0]
+        elif self.pooling == "mean":
+            weights_BxL = (segment_ids_BxL != 0).astype(jnp.float32)
+            pooled_BxD = (h_BxLxD * weights_BxL[..., None]).sum(1) / jnp.maximum(weights_BxL.sum(1, keepdims=True), 1)
+        else:
+            raise ValueError(f"unknown pooling {self.pooling!r}; use cls or mean")
+        pooled_BxD = nn.Dropout(self.dropout_rate)(pooled_BxD.astype(jnp.float32), deterministic=deterministic)
+        return nn.Dense(self.num_outputs, name="classifier",
+                        kernel_init=dense_init(self.init_std, ("embed", "classes")),
+                        bias_init=zeros_init(("classes",)))(pooled_BxD)

@@ -1,0 +1,112 @@
+"""The pieces of a transformer block: norms, attention with rotary positions, MLP.
+
+Every parameter is created with logical axis names (see `headless_jax.config.DEFAULT_AXIS_RULES`), so the
+mesh layout is chosen by rules, never here.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from headless_jax.model.attention import dot_product_attention
+
+
+def dense_init(std: float, axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def zeros_init(axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+class Norm(nn.Module):
+    """LayerNorm or RMSNorm over the last axis, computed in float32."""
+    kind: str
+    eps: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        ones = nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",))
+        scale_D = self.param("scale", ones, (x_BxLxD.shape[-1],))
+        x = x_BxLxD.astype(jnp.float32)
+        if self.kind == "layernorm":
+            x = x - x.mean(-1, keepdims=True)
+            y = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps) * scale_D
+            y = y + self.param("bias", zeros_init(("norm",)), (x.shape[-1],))
+        elif self.kind == "rmsnorm":
+            y = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps) * scale_D
+        else:
+            raise ValueError(f"unknown norm {self.kind!r}; use layernorm or rmsnorm")
+        return y.astype(self.dtype)
+
+
+def make_norm(cfg, name: str | None = None) -> Norm:
+    return Norm(cfg.norm, cfg.norm_eps, jnp.dtype(cfg.dtype), name=name)
+
+
+def rotate(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, fraction: float, base: float) -> jax.Array:
+    """GPT-NeoX rotary embedding on the first `fraction` of head dims (the rest pass through)."""
+    head_dim = x_BxLxHxK.shape[-1]
+    rotary_dim = int(head_dim * fraction) // 2 * 2
+    if rotary_dim == 0:
+        return x_BxLxHxK
+    half = rotary_dim // 2
+    inv_freq_R = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)
+    angles_BxLxR = positions_BxL[..., None].astype(jnp.float32) * inv_freq_R
+    cos, sin = jnp.cos(angles_BxLxR)[:, :, None], jnp.sin(angles_BxLxR)[:, :, None]
+    x_rot, x_pass = x_BxLxHxK[..., :rotary_dim].astype(jnp.float32), x_BxLxHxK[..., rotary_dim:]
+    x1, x2 = x_rot[..., :half], x_rot[..., half:]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxLxHxK.dtype)
+    return jnp.concatenate([rotated, x_pass], axis=-1)
+
+
+class Attention(nn.Module):
+    cfg: object
+
+    @nn.compact
+    def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL, deterministic: bool) -> jax.Array:
+        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        heads = (cfg.num_heads, cfg.head_dim)
+
+        def project(name):
+            return nn.DenseGeneral(heads, use_bias=cfg.use_bias, dtype=dtype, name=name,
+                                   kernel_init=dense_init(cfg.init_std, ("embed", "heads", "kv")),
+                                   bias_init=zeros_init(("heads", "kv")))(x_BxLxD)
+
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = project("query"), project("key"), project("value")
+        if cfg.positions == "rotary":
+            q_BxLxHxK = rotate(q_BxLxHxK, positions_BxL, cfg.rotary_fraction, cfg.rotary_base)
+            k_BxLxHxK = rotate(k_BxLxHxK, positions_BxL, cfg.rotary_fraction, cfg.rotary_base)
+        axes = ("batch", "length", "act_heads", "kv")
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (nn.with_logical_constraint(a, axes) for a in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
+        out_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL,
+                                            causal=cfg.causal, implementation=cfg.attention)
+        out_BxLxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype, name="out",
+                                    kernel_init=dense_init(cfg.init_std, ("heads", "kv", "embed")),
+                                    bias_init=zeros_init(("embed",)))(out_BxLxHxK)
+        out_BxLxD = nn.Dropout(cfg.dropout_rate)(out_BxLxD, deterministic=deterministic)
+        return nn.with_logical_constraint(out_BxLxD, ("batch", "length", "act_embed"))
+
+
+class Mlp(nn.Module):
+    cfg: object
+
+    @nn.compact
+    def __call__(self, x_BxLxD, deterministic: bool) -> jax.Array:
+        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+
+        def dense(features, axes, name):
+            return nn.Dense(features, use_bias=cfg.use_bias, dtype=dtype, name=name,
+                            kernel_init=dense_init(cfg.init_std, axes), bias_init=zeros_init(axes[1:]))
+
+        if cfg.activation == "gelu":
+            h_BxLxF = nn.gelu(dense(cfg.mlp_dim, ("embed", "mlp"), "wi")(x_BxLxD))
+        elif cfg.activation == "swiglu":
+            gate_BxLxF = dense(cfg.mlp_dim, ("embed", "mlp"), "wi_gate")(x_BxLxD)
+            h_BxLxF = nn.silu(gate_BxLxF) * dense(cfg.mlp_dim, ("embed", "mlp"), "wi_up")(x_BxLxD)
+        else:
+            raise ValueError(f"unknown activation {cfg.activation!r}; use gelu or swiglu")
+        h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "act_mlp"))
+        out_BxLxD = dense(cfg.d_model, ("mlp", "embed"), "wo")(h_BxLxF)
+        out_BxLxD = nn.Dropout(cfg.dropout_rate)(out_BxLxD, deterministic=deterministic)
+        return nn.with_logical_constraint(out_BxLxD, ("batch", "length", "act_embed"))
