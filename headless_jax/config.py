@@ -69,16 +69,17 @@ def base_config() -> ml_collections.ConfigDict:
     o = c.objective = ml_collections.ConfigDict()
     o.task = "mlm"  # mlm | clm
     o.loss = "cwt"  # cwt | ce | cwt+ce
-    o.cwt_weight = 1.0
+    o.cwt_weight = 1.0  # loss = cwt_weight·L_CWT + ce_weight·L_CE over the terms in use
     o.ce_weight = 1.0
-    o.mask_rate = 0.15
+    o.mask_rate = 0.15  # MLM: exactly round(rate·seq_len) positions per sequence (0.30: MosaicBERT/ModernBERT)
     o.cwt_group_size = 0  # sequences per negative group; 0 = the whole per-step batch
     o.cwt_temperature = 1.0
     o.cwt_block_size = 0  # >0: blockwise CWT with this column block; 0: dense unless over the budget
     o.cwt_memory_budget_mb = 1024.0  # dense [G,K,K] logits above this switch to blockwise automatically
     o.ce_all_positions = False  # MLM: logits at all positions as the reference did (costlier)
     o.ce_vocab_chunk = 0  # >0: chunked vocabulary CE (never materialise [N,V] logits at once)
-    o.z_loss = 0.0
+    o.z_loss = 0.0  # CE: adds z_loss·logsumexp² per token
+    o.headless_train_accuracy = False  # headless: o·Eᵀ accuracy in training steps too (a [N,V] matmul); eval always
 
     d = c.data = ml_collections.ConfigDict()
     d.sources = "embedded"  # comma-separated: embedded | text:GLOB | jsonl:GLOB[?field=text] | tfds:NAME[?split=train&field=text]
@@ -129,3 +130,14 @@ def base_config() -> ml_collections.ConfigDict:
     dist.num_processes = 0
     dist.process_id = -1
     return c
+
+
+def set_objective(config: ml_collections.ConfigDict, loss: str | None, classical_head: str) -> ml_collections.ConfigDict:
+    """Makes a config headless (`cwt`, no head) or classical (`ce`, with `classical_head`), or mixed (`cwt+ce`).
+
+    Used by twin configs, e.g. `--config=configs/demo.py:ce` for the classical twin of the headless demo.
+    """
+    loss = loss or "cwt"
+    config.objective.loss = loss
+    config.model.head = "none" if loss == "cwt" else classical_head
+    return config

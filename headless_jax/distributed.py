@@ -1,0 +1,31 @@
+"""Multi-process start-up through JAX's own distributed runtime."""
+import logging
+import os
+
+import jax
+
+
+def running_in_cluster() -> bool:
+    """True under launchers that JAX's `initialize()` detects by itself: TPU pod slices and SLURM jobs."""
+    tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    return "," in tpu_hosts or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ or slurm_tasks > 1
+
+
+def initialize(dist_cfg) -> None:
+    """Starts `jax.distributed` when the run spans several processes; a no-op for one process.
+
+    Explicit `coordinator_address`, `num_processes` and `process_id` (e.g. local multi-process tests) win;
+    otherwise TPU VMs and SLURM are detected automatically.
+    """
+    if dist_cfg.coordinator_address:
+        if dist_cfg.num_processes < 1 or dist_cfg.process_id < 0:
+            raise ValueError("distributed.coordinator_address is set: also set --config.distributed.num_processes "
+                             "and --config.distributed.process_id (0 … num_processes-1)")
+        jax.distributed.initialize(dist_cfg.coordinator_address, dist_cfg.num_processes, dist_cfg.process_id)
+    elif running_in_cluster():
+        jax.distributed.initialize()
+    else:
+        return
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())

@@ -1,0 +1,27 @@
+"""The main command: `python -m headless_jax.main --config=configs/demo.py --workdir=DIR [--config.x=y ...]`.
+
+Trains the configured model, evaluating and checkpointing as it goes; re-running the same command in the
+same workdir resumes from the latest checkpoint.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from headless_jax import distributed
+from headless_jax.train.loop import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory (local or gs://) for checkpoints, logs and caches.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    distributed.initialize(config.distributed)
+    logging.set_verbosity(logging.WARNING)
+    train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,67 @@
+"""Contrastive Weight Tying (DESIGN §1): the loss of a headless language model.
+
+For one negative group of K predicted positions with outputs O [K,D] and targets T = E[targets] [K,D]:
+
+    Z = O·Tᵀ / τ                                         logits [K,K], float32
+    row_loss_s = logsumexp_t Z[s,t] − Z[s,s]             softmax CE with the diagonal as the positive
+
+Invalid positions (padding, cross-document targets, unfilled mask slots) are dropped as rows and as
+columns. Every occurrence of a token is a column of its own (no de-duplication).
+
+The batch [B,S] is cut into B/group_size groups of consecutive sequences (K = group_size·S), laid out along
+the batch axis so that a batch-sharded array keeps each group on one shard. The loss of the step is the
+mean of the row losses over all valid rows of all groups, Σ valid·row_loss / Σ valid: it does not depend on
+how many devices the batch is spread over, and groups with more valid rows weigh more.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+
+from headless_jax.objectives.cwt_blockwise import blockwise_row_losses
+from headless_jax.objectives.reduce import weighted_mean
+
+DEFAULT_BLOCK_SIZE = 1024  # columns per block when the dense logits go over the memory budget
+
+
+def dense_row_losses(o_GxKxD: jax.Array, t_GxKxD: jax.Array, valid_GxK: jax.Array,
+                     temperature: float) -> jax.Array:
+    """Per-row CWT losses [G,K] from the full [G,K,K] logits."""
+    logits_GxKxK = jnp.einsum("gsd,gtd->gst", o_GxKxD, t_GxKxD, preferred_element_type=jnp.float32)
+    logits_GxKxK = logits_GxKxK / temperature
+    # The diagonal is always kept so that no row is all -inf (no NaN, in value or gradient); it changes
+    # nothing for valid rows, and invalid rows are weighted 0 by the caller.
+    keep_GxKxK = (valid_GxK > 0)[:, None, :] | jnp.eye(o_GxKxD.shape[1], dtype=bool)
+    logits_GxKxK = jnp.where(keep_GxKxK, logits_GxKxK, -jnp.inf)
+    return jax.nn.logsumexp(logits_GxKxK, axis=-1) - jnp.diagonal(logits_GxKxK, axis1=1, axis2=2)
+
+
+def cwt_loss(o_BxSxD: jax.Array, t_BxSxD: jax.Array, valid_BxS: jax.Array, group_size: int,
+             temperature: float = 1.0, block_size: int = 0, memory_budget_mb: float = math.inf) -> jax.Array:
+    """The CWT loss of a batch: mean row loss over the valid rows of all negative groups.
+
+    o_BxSxD: final hidden states at the S predicted positions of each of the B sequences.
+    t_BxSxD: the word embeddings of the targets, E[targets] (gradients flow into E through them).
+    valid_BxS: weights, 0 = not a prediction (excluded as a row and as a column).
+    group_size: sequences per negative group (0 = the whole batch); must divide B.
+    block_size: > 0 computes blockwise with this many columns per block, never forming [K,K]; 0 does so
+      with DEFAULT_BLOCK_SIZE only if the dense [G,K,K] float32 logits would exceed memory_budget_mb.
+    """
+    batch, length, dim = o_BxSxD.shape
+    group_size = group_size or batch
+    if batch % group_size:
+        raise ValueError(f"CWT group size {group_size} does not divide the batch of {batch} sequences; set "
+                         f"--config.objective.cwt_group_size to a divisor of {batch} (or 0 for the whole batch)")
+    num_groups, group_len = batch // group_size, group_size * length
+    o_GxKxD = o_BxSxD.reshape(num_groups, group_len, dim)
+    t_GxKxD = t_BxSxD.reshape(num_groups, group_len, dim)
+    valid_GxK = valid_BxS.reshape(num_groups, group_len)
+
+    dense_mb = num_groups * group_len**2 * 4 / 2**20
+    if block_size == 0 and dense_mb > memory_budget_mb:
+        block_size = min(DEFAULT_BLOCK_SIZE, group_len)
+    if block_size > 0:
+        row_losses_GxK = blockwise_row_losses(o_GxKxD, t_GxKxD, valid_GxK > 0, temperature, block_size)
+    else:
+        row_losses_GxK = dense_row_losses(o_GxKxD, t_GxKxD, valid_GxK, temperature)
+    return weighted_mean(row_losses_GxK, valid_GxK)

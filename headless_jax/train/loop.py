@@ -1,0 +1,178 @@
+"""The training loop: the only stateful part. Data in, step, metrics out, evaluations, checkpoints, preemption."""
+import json
+import logging
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from etils import epath
+from jax.experimental import multihost_utils
+
+from headless_jax import data as data_lib
+from headless_jax import objectives
+from headless_jax.model import LanguageModel
+from headless_jax.train import flops as flops_lib
+from headless_jax.train.checkpoint import Checkpointer
+from headless_jax.train.metrics import MetricsWriter
+from headless_jax.train.optim import learning_rate_schedule, make_optimizer
+from headless_jax.train.sharding import axis_rules, global_batch, make_mesh
+from headless_jax.train.state import abstract_state, count_params, create_state
+from headless_jax.train.step import build_eval_step, build_train_step
+from headless_jax.validate import validate_config
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+class Preemption:
+    """SIGTERM → finish the current step, save, exit. Multi-process runs agree on the step through JAX."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def mean_metrics(metrics_list: list[dict]) -> dict[str, float]:
+    """Token-weighted means over steps or batches (num_tokens itself is summed)."""
+    stacked = {k: np.array([float(m[k]) for m in metrics_list]) for k in metrics_list[0]}
+    weights = stacked.get("num_tokens", np.ones(len(metrics_list)))
+    weights = weights / max(weights.sum(), 1e-9)
+    return {k: float(v.sum() if k == "num_tokens" else (v * weights).sum()) for k, v in stacked.items()}
+
+
+def evaluate(eval_step, params, eval_batches: list[dict]) -> dict[str, float]:
+    return mean_metrics(jax.device_get([eval_step(params, batch) for batch in eval_batches]))
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: epath.Path):
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (or resumes) the configured run in `workdir`; returns the final held-out metrics."""
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    validate_config(config, jax.device_count(), jax.process_count())
+    save_config(config, workdir)
+    t = config.train
+    checkpointer = Checkpointer(str(workdir / "checkpoints"), t.keep_checkpoints, t.permanent_every)
+    latest = checkpointer.latest_step()
+    if latest is not None and latest >= t.num_steps:
+        logging.info("run in %s already finished at step %d (train.num_steps=%d); raise --config.train.num_steps "
+                     "to train longer", workdir, latest, t.num_steps)
+        print(f"Run already finished at step {latest} in {workdir}; nothing to do.")
+        checkpointer.close()
+        return {}
+
+    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
+    tokenizer, train_iterator, eval_local_batches = data_lib.build_data(config, str(workdir))
+    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
+    special = objectives.SpecialTokens(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids))
+    objective = objectives.build_objective(config, model, special)
+    schedule = learning_rate_schedule(config.optim, t.num_steps)
+    optimizer = make_optimizer(config.optim, t.num_steps)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract, shardings = abstract_state(model, optimizer, config.data.seq_len, mesh, rules)
+        restored = checkpointer.restore_latest(abstract, train_iterator)
+        if restored:
+            state, start = restored
+            print(f"Resumed from the checkpoint at step {start} in {workdir}")
+        else:
+            state, _ = create_state(model, optimizer, config.data.seq_len, config.seed, mesh, rules)
+            start = 0
+        train_step = build_train_step(objective, optimizer, schedule, shardings, mesh, t.microbatches)
+        eval_step = build_eval_step(objective, shardings, mesh, config.seed)
+        eval_batches = [global_batch(b, mesh) for b in eval_local_batches]
+        results = _run(config, workdir, mesh, state, start, train_iterator, train_step, eval_step, eval_batches,
+                       checkpointer, count_params(state["params"]))
+    checkpointer.close()
+    return results
+
+
+def _run(config, workdir, mesh, state, start, train_iterator, train_step, eval_step, eval_batches, checkpointer,
+         num_params) -> dict[str, float]:
+    t = config.train
+    writer = MetricsWriter(str(workdir))
+    flops_per_step = flops_lib.train_flops_per_step(config)["total"]
+    peak, peak_source = flops_lib.peak_flops_per_device(t.peak_flops_per_device)
+    tokens_per_step = t.global_batch_size * config.data.seq_len
+    is_main = jax.process_index() == 0
+    if is_main:
+        print(f"{num_params / 1e6:.2f}M parameters on {jax.device_count()} devices; "
+              f"{flops_per_step / 1e9:.2f} GFLOP per step; peak {peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
+    config_dict = json.loads(config.to_json_best_effort())
+    preemption = Preemption()
+    bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
+    pending, last_report = [], (start, time.perf_counter())
+    results: dict[str, float] = {}
+
+    def report(step: int):
+        """Reads the metrics of steps already finished; called after the next step was dispatched."""
+        nonlocal pending, last_report
+        if not pending:
+            return
+        values = mean_metrics(jax.device_get(pending))
+        values["finite"] = min(float(m["finite"]) for m in jax.device_get(pending))
+        steps, elapsed = step - last_report[0], time.perf_counter() - last_report[1]
+        pending, last_report = [], (step, time.perf_counter())
+        values["tokens_per_second"] = steps * tokens_per_step / elapsed
+        values["step_ms"] = 1000 * elapsed / steps
+        values["mfu"] = steps * flops_per_step / elapsed / (peak * jax.device_count())
+        writer.write(step, "train", values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
+        if values["finite"] < 1:
+            message = f"non-finite loss or gradient norm before step {step}"
+            if t.nonfinite == "stop":
+                raise NonFiniteError(f"{message}; the update was not applied and the last good checkpoint "
+                                     f"(step {checkpointer.latest_step()}) is intact. Lower optim.learning_rate, "
+                                     "check the data, or set --config.train.nonfinite=skip to skip such updates")
+            logging.warning("%s: update skipped (train.nonfinite=skip)", message)
+
+    try:
+        for step in range(start, t.num_steps):
+            state, metrics = train_step(state, global_batch(next(train_iterator), mesh))
+            report_due = pending and (step % t.log_every == 0)
+            if report_due:
+                report(step)  # the steps before this one, while this one runs
+            pending.append(metrics)
+            bar.update(1)
+            done = step + 1
+            stopping = preemption.reached(done)
+            if done % t.eval_every == 0 or done == t.num_steps:
+                report(done)
+                results = evaluate(eval_step, state["params"], eval_batches)
+                writer.write(done, "eval", results)
+                if is_main:
+                    bar.write(f"step {done}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+            if done % t.checkpoint_every == 0 or done == t.num_steps or stopping:
+                report(done)  # never save after an unchecked non-finite step
+                checkpointer.save(done, state, train_iterator, config_dict, force=True)
+            if stopping:
+                print(f"Preempted: saved the checkpoint at step {done}; re-run the same command to resume")
+                break
+        report(t.num_steps)
+    finally:
+        bar.close()
+        writer.close()
+        preemption.restore()
+        checkpointer.wait()
+    return results

@@ -1,0 +1,51 @@
+"""AdamW with warmup, a decay schedule, a weight-decay mask and global-norm clipping (optax)."""
+import jax
+import optax
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+
+
+def learning_rate_schedule(opt_cfg, num_steps: int) -> optax.Schedule:
+    """Linear warmup to the peak, then cosine | linear | constant | warmup-stable-decay down to min_lr_ratio."""
+    peak, warmup = opt_cfg.learning_rate, opt_cfg.warmup_steps
+    floor = peak * opt_cfg.min_lr_ratio
+    after_warmup = max(num_steps - warmup, 1)
+    if opt_cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, after_warmup, alpha=opt_cfg.min_lr_ratio)
+    elif opt_cfg.schedule == "linear":
+        decay = optax.linear_schedule(peak, floor, after_warmup)
+    elif opt_cfg.schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    elif opt_cfg.schedule == "wsd":
+        decay_steps = max(int(num_steps * opt_cfg.decay_fraction), 1)
+        stable = max(after_warmup - decay_steps, 0)
+        decay = optax.join_schedules(
+            [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay_steps)], [stable])
+    else:
+        raise ValueError(f"unknown optim.schedule {opt_cfg.schedule!r}; use one of {SCHEDULES}")
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def weight_decay_mask(params, decay_embeddings: bool):
+    """True where weight decay applies: matrices only — never norms or biases; embeddings by config."""
+    def decays(path, _):
+        names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+        if names[-1] == "value":  # a leaf inside a logical-axis box
+            names = names[:-1]
+        leaf = names[-1]
+        if leaf in ("bias", "scale"):
+            return False
+        if leaf == "embedding":
+            return decay_embeddings
+        return True
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(opt_cfg, num_steps)
+    return optax.chain(
+        optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity(),
+        optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay,
+                    mask=lambda p: weight_decay_mask(p, opt_cfg.decay_embeddings)),
+    )

@@ -1,0 +1,118 @@
+"""Every shipped config builds its model and abstract state; each config error gives its message."""
+import glob
+import importlib.util
+import os
+
+import jax
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from headless_jax.config import base_config
+from headless_jax.model import LanguageModel
+from headless_jax.train.optim import make_optimizer
+from headless_jax.train.sharding import MeshError, axis_rules, make_mesh
+from headless_jax.train.state import abstract_state, count_params
+from headless_jax.validate import ConfigError, validate_config
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+TWIN_ARGS = {"demo": [None, "ce", "cwt+ce"], "clm_demo": [None, "ce"], "bert_base": [None, "ce"],
+             "pythia70m": [None, "ce"], "multilingual": [None, "ce"], "vocab_study": [None, "ce,200000"],
+             "batch_study": [None, "ce,256"]}
+
+
+def load_config(name: str, arg: str | None):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIG_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*([arg] if arg else []))
+
+
+def test_every_config_file_is_covered():
+    names = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))}
+    assert names <= set(TWIN_ARGS) | set(EXTRA_CONFIGS), names - set(TWIN_ARGS)
+
+
+EXTRA_CONFIGS: dict[str, list] = {}  # configs of later features register here with their args
+
+
+@pytest.mark.parametrize("name,arg", [(n, a) for n, args in TWIN_ARGS.items() for a in args])
+def test_config_builds_model_and_abstract_state(name, arg):
+    config = load_config(name, arg)
+    validate_config(config, num_devices=8)
+    mesh = make_mesh(config.mesh)
+    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
+    optimizer = make_optimizer(config.optim, config.train.num_steps)
+    abstract, shardings = abstract_state(model, optimizer, config.data.seq_len, mesh, axis_rules(config.mesh))
+    params = abstract["params"]
+    head_has_params = config.model.head == "untied" or (config.model.head == "tied" and not config.model.causal)
+    assert ("head" in params) == head_has_params  # a tied causal head is E itself
+    embedding = params["body"]["embed"]["embedding"]
+    assert embedding.shape == (config.model.vocab_size, config.model.d_model)
+    assert count_params(params) > config.model.vocab_size * config.model.d_model
+    assert jax.tree.structure(abstract) == jax.tree.structure(shardings)
+
+
+def test_bert_base_has_the_published_size():
+    config = load_config("bert_base", "ce")
+    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
+    abstract, _ = abstract_state(model, make_optimizer(config.optim, 10), 128, make_mesh(config.mesh),
+                                 axis_rules(config.mesh))
+    body = abstract["params"]["body"]
+    non_embedding = count_params(body) - count_params(body["embed"]) - count_params(body["position_embed"])
+    embed_norm = 2 * 768
+    assert non_embedding == 12 * (4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768) + embed_norm
+
+
+def tiny() -> ml_collections.ConfigDict:
+    c = base_config()
+    c.train.global_batch_size = 16
+    return c
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.model.update(causal=True), "needs a bidirectional encoder"),
+    (lambda c: c.objective.update(task="clm"), "needs a causal decoder"),
+    (lambda c: c.objective.update(loss="ce"), "needs a vocabulary head"),
+    (lambda c: c.objective.update(loss="softmax"), "objective.loss='softmax' is not one of"),
+    (lambda c: c.data.update(seq_len=512), "exceeds the learned position table"),
+    (lambda c: c.train.update(global_batch_size=12), "not divisible by batch shards"),
+    (lambda c: c.train.update(microbatches=4), "not divisible by batch shards"),
+    (lambda c: c.objective.update(cwt_group_size=3), "does not divide the 16 sequences"),
+    (lambda c: c.objective.update(mask_rate=0.001), "mask rate"),
+    (lambda c: c.mesh.update(axis_rules=(("batch", "pipeline"),)), "unknown mesh axis 'pipeline'"),
+])
+def test_config_errors_name_the_fix(change, message):
+    config = tiny()
+    change(config)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, num_devices=8)
+
+
+def test_defaults_are_valid():
+    validate_config(tiny(), num_devices=8)
+
+
+def parse_command_line(*overrides: str):
+    argv = ["main", f"--config={os.path.join(CONFIG_DIR, 'demo.py')}", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
+def test_unknown_command_line_key_is_rejected():
+    assert parse_command_line("--config.model.num_layers=3").model.num_layers == 3
+    with pytest.raises((flags.Error, AttributeError), match='Did you mean "num_layers"'):
+        parse_command_line("--config.model.num_layer=3")
+
+
+@pytest.mark.parametrize("sizes,devices,message", [((3, 1, 1), 8, "does not divide 8 devices"),
+                                                   ((-1, -1, 2), 8, "at most one axis"),
+                                                   ((2, 2, 1), 8, "uses 4 devices")])
+def test_mesh_errors(sizes, devices, message):
+    config = tiny()
+    config.mesh.update(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])
+    with pytest.raises(MeshError, match=message):
+        make_mesh(config.mesh, jax.devices()[:devices])
