@@ -18,6 +18,10 @@
 #   HEADLESS_WHEEL  gs:// path of a built wheel (instead of HEADLESS_REPO)
 #   HEADLESS_PYTHON Python version of the workers' venv (default 3.12)
 #   HEADLESS_ENV    extra KEY=VALUE words put in the training process' environment
+#   HEADLESS_CONFIGS  wheel mode: local configs directory copied to the workers (default <repo>/configs)
+#   TPU_POLL_SECONDS  create.sh: seconds between state checks (default 30)
+#   TPU_STOP_TIMEOUT  stop.sh: seconds to wait for the run to exit after SIGTERM (default 600)
+#   LOG_LINES       logs.sh: lines of history shown before following (default 100)
 #   DRY_RUN=1       same as --dry-run: print each command instead of running it
 
 LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,7 +59,7 @@ die() {
 }
 
 usage() {  # the script's header comment
-  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p;}' "$0"
+  sed -n '2,/^[^#]/{/^# shellcheck/d;/^#/s/^# \{0,1\}//p;}' "$0"
 }
 
 is_true() {
@@ -107,10 +111,16 @@ quote() {
   fi
 }
 
-# print_cmd ARGS...: one line, `+ ` then the command with each word quoted.
+# print_cmd ARGS...: one line, `+ ` then the command with each word quoted (--flag='value').
 print_cmd() {
   local line="+" a
-  for a in "$@"; do line+=" $(quote "$a")"; done
+  for a in "$@"; do
+    if [[ "$a" =~ ^(--[A-Za-z0-9-]+=)(.*)$ ]]; then
+      line+=" ${BASH_REMATCH[1]}$(quote "${BASH_REMATCH[2]}")"
+    else
+      line+=" $(quote "$a")"
+    fi
+  done
   printf '%s\n' "$line"
 }
 

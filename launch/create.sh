@@ -47,7 +47,8 @@ start=$SECONDS
 last=""
 echo "Waiting for queued resource $TPU_NAME to become ACTIVE (Ctrl-C stops waiting, not the request)." >&2
 while true; do
-  state="$(gcloud compute tpus queued-resources describe "$TPU_NAME" "${GCLOUD_LOC[@]}" --format='value(state.state)')"
+  state="$(gcloud compute tpus queued-resources describe "$TPU_NAME" "${GCLOUD_LOC[@]}" --format='value(state.state)')" ||
+    state="(describe failed; retrying)"
   if [[ "$state" != "$last" ]]; then
     echo "$(date +%H:%M:%S) $TPU_NAME: $state ($(((SECONDS - start) / 60)) min)" >&2
     last="$state"

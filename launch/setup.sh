@@ -41,7 +41,7 @@ if [[ -n "${HEADLESS_WHEEL:-}" ]]; then
     run_cmd gcloud compute tpus tpu-vm scp --recurse "$configs" "$node:headless_jax/" "${GCLOUD_LOC[@]}" --worker=all ${ssh_flags[@]+"${ssh_flags[@]}"}
   done
 else
-  repo="$(quote "$HEADLESS_REPO")"
+  repo="$(quote "${HEADLESS_REPO:-}")"
   install="$venv; if [ -d $REMOTE_REPO/.git ]; then git -C $REMOTE_REPO remote set-url origin $repo; else rm -rf $REMOTE_REPO; git clone --quiet $repo $REMOTE_REPO; fi; git -C $REMOTE_REPO fetch --quiet origin $(quote "$HEADLESS_REF"); git -C $REMOTE_REPO checkout --quiet --force --detach FETCH_HEAD; $REMOTE_VENV/bin/pip install --quiet -e \"${REMOTE_REPO}[tpu]\"; git -C $REMOTE_REPO log -1 --format='checked out %h %s'; $check"
   tpu_ssh_all "$install"
 fi

@@ -60,6 +60,25 @@ def rotate(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, fraction: float, base
     return jnp.concatenate([rotated, x_pass], axis=-1)
 
 
+class Projection(nn.Module):
+    """`einsum(x, kernel) + bias` with a multi-axis kernel (e.g. [D, H, Dh]) named by logical axes."""
+    equation: str
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    bias_dims: int  # the bias covers the kernel's last `bias_dims` axes
+    cfg: object
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        kernel = self.param("kernel", dense_init(cfg.init_std, self.kernel_axes), self.kernel_shape)
+        y = jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
+        if cfg.use_bias:
+            n = self.bias_dims
+            y = y + self.param("bias", zeros_init(self.kernel_axes[-n:]), self.kernel_shape[-n:]).astype(dtype)
+        return y
+
+
 class Attention(nn.Module):
     cfg: object
 
@@ -69,9 +88,8 @@ class Attention(nn.Module):
         heads = (cfg.num_heads, cfg.head_dim)
 
         def project(name):
-            return nn.DenseGeneral(heads, use_bias=cfg.use_bias, dtype=dtype, name=name,
-                                   kernel_init=dense_init(cfg.init_std, ("embed", "heads", "kv")),
-                                   bias_init=zeros_init(("heads", "kv")))(x_BxLxD)
+            return Projection("bld,dhk->blhk", (cfg.d_model, *heads), ("embed", "heads", "kv"), 2, cfg,
+                              name=name)(x_BxLxD)
 
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = project("query"), project("key"), project("value")
         if cfg.positions == "rotary":
@@ -81,9 +99,8 @@ class Attention(nn.Module):
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (nn.with_logical_constraint(a, axes) for a in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
         out_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL,
                                             causal=cfg.causal, implementation=cfg.attention)
-        out_BxLxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype, name="out",
-                                    kernel_init=dense_init(cfg.init_std, ("heads", "kv", "embed")),
-                                    bias_init=zeros_init(("embed",)))(out_BxLxHxK)
+        out_BxLxD = Projection("blhk,hkd->bld", (*heads, cfg.d_model), ("heads", "kv", "embed"), 1, cfg,
+                               name="out")(out_BxLxHxK)
         out_BxLxD = nn.Dropout(cfg.dropout_rate)(out_BxLxD, deterministic=deterministic)
         return nn.with_logical_constraint(out_BxLxD, ("batch", "length", "act_embed"))
 

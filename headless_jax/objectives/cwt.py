@@ -21,7 +21,17 @@ import jax.numpy as jnp
 from headless_jax.objectives.cwt_blockwise import blockwise_row_losses
 from headless_jax.objectives.reduce import weighted_mean
 
-DEFAULT_BLOCK_SIZE = 1024  # columns per block when the dense logits go over the memory budget
+BLOCK_MULTIPLE = 128  # automatic blocks are multiples of the TPU lane width
+
+
+def auto_block_size(num_groups: int, group_len: int, memory_budget_mb: float) -> int:
+    """0 (dense) if the [G,K,K] float32 logits fit the budget; else the block size that cuts them into as
+    few [G,K,block] pieces as fit it (rounded up to a multiple of 128, so possibly slightly over)."""
+    dense_mb = num_groups * group_len**2 * 4 / 2**20
+    if dense_mb <= memory_budget_mb:
+        return 0
+    num_blocks = math.ceil(dense_mb / memory_budget_mb)
+    return min(group_len, BLOCK_MULTIPLE * math.ceil(group_len / num_blocks / BLOCK_MULTIPLE))
 
 
 def dense_row_losses(o_GxKxD: jax.Array, t_GxKxD: jax.Array, valid_GxK: jax.Array,
@@ -45,7 +55,7 @@ def cwt_loss(o_BxSxD: jax.Array, t_BxSxD: jax.Array, valid_BxS: jax.Array, group
     valid_BxS: weights, 0 = not a prediction (excluded as a row and as a column).
     group_size: sequences per negative group (0 = the whole batch); must divide B.
     block_size: > 0 computes blockwise with this many columns per block, never forming [K,K]; 0 does so
-      with DEFAULT_BLOCK_SIZE only if the dense [G,K,K] float32 logits would exceed memory_budget_mb.
+      only if the dense [G,K,K] float32 logits would exceed memory_budget_mb (see auto_block_size).
     """
     batch, length, dim = o_BxSxD.shape
     group_size = group_size or batch
@@ -57,9 +67,7 @@ def cwt_loss(o_BxSxD: jax.Array, t_BxSxD: jax.Array, valid_BxS: jax.Array, group
     t_GxKxD = t_BxSxD.reshape(num_groups, group_len, dim)
     valid_GxK = valid_BxS.reshape(num_groups, group_len)
 
-    dense_mb = num_groups * group_len**2 * 4 / 2**20
-    if block_size == 0 and dense_mb > memory_budget_mb:
-        block_size = min(DEFAULT_BLOCK_SIZE, group_len)
+    block_size = block_size or auto_block_size(num_groups, group_len, memory_budget_mb)
     if block_size > 0:
         row_losses_GxK = blockwise_row_losses(o_GxKxD, t_GxKxD, valid_GxK > 0, temperature, block_size)
     else:

@@ -30,25 +30,31 @@ def _block_logits(o_GxKxD, t_GxCxD, valid_GxC, index_C, temperature):
     """Logits of all rows against one column block, invalid columns at -inf (except each row's diagonal)."""
     logits_GxKxC = jnp.einsum("gsd,gcd->gsc", o_GxKxD, t_GxCxD, preferred_element_type=jnp.float32) / temperature
     # The diagonal is always kept, as in the dense form: no row is empty, so nothing is NaN.
-    diagonal_KxC = index_C[None, :] == jnp.arange(o_GxKxD.shape[1])[:, None]
-    return jnp.where(valid_GxC[:, None, :] | diagonal_KxC, logits_GxKxC, -jnp.inf)
+    return jnp.where(valid_GxC[:, None, :] | _diagonal(o_GxKxD, index_C), logits_GxKxC, -jnp.inf)
+
+
+def _diagonal(o_GxKxD, index_C):
+    """[K,C]: whether column c of the block is row s's own target."""
+    return index_C[None, :] == jnp.arange(o_GxKxD.shape[1])[:, None]
 
 
 def _forward(o_GxKxD, t_GxKxD, valid_GxK, temperature, block):
-    positive_GxK = jnp.einsum("gkd,gkd->gk", o_GxKxD, t_GxKxD, preferred_element_type=jnp.float32) / temperature
-
     def accumulate(carry, column_block):
-        max_GxK, sum_GxK = carry
+        max_GxK, sum_GxK, positive_GxK = carry
         logits_GxKxC = _block_logits(o_GxKxD, *column_block, temperature)
         new_max_GxK = jnp.maximum(max_GxK, logits_GxKxC.max(-1))
-        sum_GxK = sum_GxK * jnp.exp(max_GxK - new_max_GxK) + jnp.exp(logits_GxKxC - new_max_GxK[..., None]).sum(-1)
-        return (new_max_GxK, sum_GxK), None
+        # Until a row meets its first kept column its max is -inf: shift by 0 then (everything is exp(-inf) = 0).
+        shift_GxK = jnp.where(jnp.isfinite(new_max_GxK), new_max_GxK, 0.0)
+        sum_GxK = sum_GxK * jnp.exp(max_GxK - shift_GxK) + jnp.exp(logits_GxKxC - shift_GxK[..., None]).sum(-1)
+        # The positive is read off the same block logits as the normaliser, so that a dominant positive
+        # cancels exactly (softmax probability 1, zero gradient) as in the dense form.
+        positive_GxK += jnp.where(_diagonal(o_GxKxD, column_block[2]), logits_GxKxC, 0.0).sum(-1)
+        return (new_max_GxK, sum_GxK, positive_GxK), None
 
-    # The running max starts at the positive logit: finite and never above the row max, so every
-    # exp() argument is finite and ≤ 0 and the final sum is ≥ 1.
-    init = (positive_GxK, jnp.zeros_like(positive_GxK))
-    (max_GxK, sum_GxK), _ = jax.lax.scan(accumulate, init, _column_blocks(t_GxKxD, valid_GxK, block))
-    logsumexp_GxK = max_GxK + jnp.log(sum_GxK)
+    zeros_GxK = jnp.zeros(valid_GxK.shape, jnp.float32)
+    init = (jnp.full_like(zeros_GxK, -jnp.inf), zeros_GxK, zeros_GxK)
+    (max_GxK, sum_GxK, positive_GxK), _ = jax.lax.scan(accumulate, init, _column_blocks(t_GxKxD, valid_GxK, block))
+    logsumexp_GxK = max_GxK + jnp.log(sum_GxK)  # every row keeps its diagonal, so max is finite and sum ≥ 1
     return logsumexp_GxK - positive_GxK, logsumexp_GxK
 
 

@@ -30,7 +30,8 @@ def abstract_state(model, optimizer, seq_len: int, mesh, rules) -> tuple[TrainSt
     """(shape/dtype/sharding structs of the unboxed state, its NamedShardings) — without allocating it."""
     boxed = jax.eval_shape(boxed_init_fn(model, optimizer, seq_len), jax.random.PRNGKey(0))
     shardings = logical_shardings(boxed, mesh, rules)
-    shapes = nn.unbox(boxed)
+    shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+                          boxed, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     return abstract, shardings
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Start a training run on every worker of the TPU, in the background, so this returns at once:
+#   python -m headless_jax.main --config=CONFIG --workdir=$TPU_BUCKET/runs/RUN_NAME [overrides]
+# Each worker appends its output to ~/headless_jax_logs/RUN_NAME.worker<id>.log (and points
+# ~/headless_jax_logs/latest.log at it). Re-running the same command resumes from the workdir.
+#
+# Usage: launch/run.sh [--dry-run] CONFIG [RUN_NAME] [-- --config.key=value ...]
+#   CONFIG    path relative to the repository root, e.g. configs/<exp>.py
+#   RUN_NAME  workdir name under $TPU_BUCKET/runs (default: the config's file name)
+# Needs TPU_PROJECT, TPU_ZONE, TPU_NAME, TPU_BUCKET; optional HEADLESS_ENV (e.g. "TPU_STDERR_LOG_LEVEL=2").
+set -euo pipefail
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+parse_args "$@"
+((${#ARGS[@]} >= 1 && ${#ARGS[@]} <= 2)) || die "usage: launch/run.sh CONFIG [RUN_NAME] [-- --config.key=value ...]"
+require_tpu
+require TPU_BUCKET gs://my-bucket
+[[ "$TPU_BUCKET" == gs://?* ]] || die "TPU_BUCKET must be a gs:// URL (e.g. export TPU_BUCKET=gs://my-bucket)"
+
+config="${ARGS[0]}"
+[[ "$config" != /* ]] || die "give CONFIG relative to the repository root (e.g. configs/base.py): the workers run from their own checkout"
+config_file="${config%%:*}"
+[[ -f "$REPO_ROOT/$config_file" ]] || echo "warning: $config_file is not in the local checkout; the workers must have it" >&2
+default_name="$(basename "$config_file")"
+run_name="${ARGS[1]:-${default_name%.py}}"
+[[ "$run_name" =~ ^[A-Za-z0-9._-]+$ ]] || die "RUN_NAME may only hold letters, digits, '.', '_' and '-' (got $run_name)"
+workdir="${TPU_BUCKET%/}/runs/$run_name"
+set_location
+set_nodes
+
+main=(-m headless_jax.main --config="$config" --workdir="$workdir" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
+main_words=""
+for arg in "${main[@]}"; do main_words+=" $(quote "$arg")"; done
+log="$REMOTE_LOGS/$run_name.worker\$W.log"
+remote="set -e; mkdir -p $REMOTE_LOGS; cd $REMOTE_REPO; $REMOTE_WORKER_ID"
+remote+="; if pgrep -f \"$RUN_PATTERN\" >/dev/null; then echo \"worker \$W: a run is still going; launch/stop.sh stops it\" >&2; exit 1; fi"
+remote+="; echo \"=== \$(date -u +%FT%TZ) launch/run.sh $run_name\" >>\"$log\""
+env_words="${HEADLESS_ENV:+env $HEADLESS_ENV }"
+remote+="; nohup setsid $env_words$REMOTE_VENV/bin/python -u$main_words >>\"$log\" 2>&1 </dev/null &"
+remote+=" echo \"worker \$W: started pid \$!, log $log\"; ln -sfn \"$log\" $REMOTE_LOGS/latest.log"
+tpu_ssh_all "$remote"
+
+cat >&2 <<MSG
+Started $run_name (workdir $workdir).
+  logs:        launch/logs.sh          (one worker: launch/logs.sh 0)
+  tensorboard: tensorboard --logdir=$workdir
+  stop:        launch/stop.sh          (SIGTERM: the run saves a checkpoint, then exits)
+  resume:      run this same command again
+MSG
