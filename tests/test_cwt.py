@@ -168,3 +168,15 @@ def test_groups_stay_on_their_shard():
 
     assert collectives(2) <= {"all-reduce"}
     assert collectives(0) - {"all-reduce"}  # a whole-batch group has to move data between shards
+
+
+def test_bfloat16_activations_keep_their_dtype_and_match_float32():
+    o, embedding, targets, valid = random_case(8, batch=4, length=9, scale=1.0)
+    o16, embedding16 = o.astype(jnp.bfloat16), embedding.astype(jnp.bfloat16)
+    want = value_and_grads(loss_fn(2, 1.0), o16.astype(jnp.float32), embedding16.astype(jnp.float32), targets, valid)
+    for block_size in (0, 4):
+        loss, grads = value_and_grads(loss_fn(2, 1.0, block_size), o16, embedding16, targets, valid)
+        assert loss.dtype == jnp.float32 and all(g.dtype == jnp.bfloat16 for g in grads)
+        np.testing.assert_allclose(loss, want[0], rtol=1e-5)  # logits accumulate in float32
+        for got, expected in zip(grads, want[1]):
+            np.testing.assert_allclose(got.astype(jnp.float32), expected, rtol=2e-2, atol=2e-3)

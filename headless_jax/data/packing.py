@@ -38,7 +38,7 @@ def document_spans(doc_ends: np.ndarray, seq_len: int) -> np.ndarray:
 
 
 class PackedRows:
-    """The rows of one token stream, by index: a grain data source."""
+    """The rows of one token stream, read a batch at a time."""
 
     def __init__(self, stream: TokenStream, seq_len: int, packing: str, pad_id: int):
         self.stream, self.seq_len, self.pad_id = stream, seq_len, pad_id
@@ -49,19 +49,18 @@ class PackedRows:
     def __len__(self) -> int:
         return len(self.spans)
 
-    def __getitem__(self, row: int) -> dict[str, np.ndarray]:
-        start, end = (int(x) for x in self.spans[row])
-        length = end - start
-        doc_ends = self.stream.doc_ends
-        # document ends strictly inside the row, relative to its start, split it into segments
-        inner_ends = (doc_ends[np.searchsorted(doc_ends, start, "right"):np.searchsorted(doc_ends, end, "left")]
-                      - start) if self.segmented else np.zeros(0, np.int64)
-        index_N = np.arange(length)
-        segment_N = np.searchsorted(inner_ends, index_N, "right")  # 0-based segment of each token
-        segment_starts = np.concatenate([[0], inner_ends])
-        example = {name: np.zeros(self.seq_len, np.int32) for name in ("tokens", "segment_ids", "positions")}
-        example["tokens"][:] = self.pad_id
-        example["tokens"][:length] = self.stream.tokens[start:end]
-        example["segment_ids"][:length] = segment_N + 1
-        example["positions"][:length] = index_N - segment_starts[segment_N]
-        return example
+    def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows number `rows` [R] as {tokens, segment_ids, positions}, each int32 [R, L]."""
+        start_R, end_R = self.spans[rows].T
+        index_RxL = start_R[:, None] + np.arange(self.seq_len)  # of each token in the stream
+        valid_RxL = index_RxL < end_R[:, None]  # False on padding
+        tokens = self.stream.tokens[np.minimum(index_RxL, len(self.stream.tokens) - 1)]
+        if not self.segmented:
+            return {"tokens": tokens.astype(np.int32), "segment_ids": np.ones_like(index_RxL, np.int32),
+                    "positions": np.broadcast_to(np.arange(self.seq_len, dtype=np.int32), index_RxL.shape).copy()}
+        doc_RxL = np.searchsorted(self.stream.doc_ends, index_RxL, "right")  # document of each token
+        doc_start_RxL = np.concatenate([[0], self.stream.doc_ends])[doc_RxL]
+        segment_start_RxL = np.maximum(doc_start_RxL, start_R[:, None])  # a row may start mid-document
+        return {"tokens": np.where(valid_RxL, tokens, self.pad_id).astype(np.int32),
+                "segment_ids": np.where(valid_RxL, doc_RxL - doc_RxL[:, :1] + 1, 0).astype(np.int32),
+                "positions": np.where(valid_RxL, index_RxL - segment_start_RxL, 0).astype(np.int32)}

@@ -21,8 +21,8 @@ from headless_jax.data.tokenizer import Tokenizer, load_tokenizer
 from headless_jax.data.tokens import tokenize_source
 
 Batch = dict[str, np.ndarray]
-# rows are slices of an in-memory (or mapped) cache: a few batches ahead hide their cost; grain's default
-# buffer holds 500 elements, here global batches
+# rows are slices of an in-memory (or mapped) cache: a few batches ahead hide their cost, where grain's default
+# buffer would hold 500 batches
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
 
@@ -37,7 +37,7 @@ def mixing_weights(row_counts: Sequence[int], alpha: float) -> np.ndarray:
 
 def mixed_row_ids(row_counts: Sequence[int], alpha: float, seed: int) -> grain.MapDataset:
     """Endless (source, row) ids: each source shuffled by `seed`, afresh every epoch, and the sources interleaved
-    in the proportions of mixing_weights (grain's deterministic mix)."""
+    in the proportions of mixing_weights (grain's deterministic mix, exact to 1% of the smallest weight)."""
     per_source = [grain.MapDataset.range(count).shuffle(seed=_source_seed(seed, source)).repeat()
                   .map(functools.partial(_tag_with_source, source)) for source, count in enumerate(row_counts)]
     return grain.MapDataset.mix(per_source, mixing_weights(row_counts, alpha).tolist())
@@ -49,10 +49,10 @@ def train_iterator(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cach
     global_batch_size / process_count, so that the processes' batches side by side are the global batch."""
     sources = _packed_rows(config, tokenizer, cache_dir, "train")
     local_batch_size = _local_batch_size(config, process_count)
-    global_batches = mixed_row_ids([len(rows) for rows in sources], config.data.mixing_alpha, config.seed).batch(
-        config.train.global_batch_size, drop_remainder=True)
-    local_slice = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
-    dataset = global_batches.map(functools.partial(_read_rows, sources, local_slice)).to_iter_dataset(_READ_OPTIONS)
+    ids = mixed_row_ids([len(rows) for rows in sources], config.data.mixing_alpha, config.seed)
+    # global batch s is local batches s·P .. s·P + P-1 of the id stream: this process takes every P-th
+    local_ids = ids.batch(local_batch_size, drop_remainder=True).slice(slice(process_index, None, process_count))
+    dataset = local_ids.map(functools.partial(_read_rows, sources)).to_iter_dataset(_READ_OPTIONS)
     if config.data.worker_count > 0:
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.worker_count))
     return iter(dataset)
@@ -71,10 +71,11 @@ def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_
                         f"(now {config.data.heldout_fraction}) or lower data.seq_len")
     rows = np.arange(wanted) * total_rows // wanted if wanted <= total_rows else np.arange(wanted) % total_rows
     source_of_row = np.searchsorted(first_row, rows, "right") - 1
-    ids = np.stack([source_of_row, rows - first_row[source_of_row]]).reshape(2, num_batches, -1)
-    local_batch_size = _local_batch_size(config, process_count)
-    local_slice = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
-    return [_read_rows(sources, local_slice, (ids[0, b], ids[1, b])) for b in range(num_batches)]
+    ids = np.stack([source_of_row, rows - first_row[source_of_row]])
+    # global batch s is local batches s·P .. s·P + P-1, as in train_iterator
+    local_ids = ids.reshape(2, num_batches * process_count, _local_batch_size(config, process_count))
+    return [_read_rows(sources, (local_ids[0, b], local_ids[1, b]))
+            for b in range(process_index, num_batches * process_count, process_count)]
 
 
 def build_data(config: ml_collections.ConfigDict, workdir: epath.PathLike, process_index: int | None = None,
@@ -125,7 +126,12 @@ def _tag_with_source(source: int, row: int) -> tuple[int, int]:
     return source, row
 
 
-def _read_rows(sources: list[PackedRows], local_slice: slice, ids: tuple[np.ndarray, np.ndarray]) -> Batch:
-    """The rows `ids` = (source_B, row_B) of a global batch that fall in this process's `local_slice`."""
-    rows = [sources[source][row] for source, row in zip(ids[0][local_slice].tolist(), ids[1][local_slice].tolist())]
-    return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+def _read_rows(sources: list[PackedRows], ids: tuple[np.ndarray, np.ndarray]) -> Batch:
+    """The rows `ids` = (source_b, row_b) as one batch."""
+    source_b, row_b = ids
+    batch = {}
+    for source, rows in enumerate(sources):
+        from_source = source_b == source
+        for name, values in rows.read(row_b[from_source]).items():
+            batch.setdefault(name, np.zeros((len(row_b), rows.seq_len), np.int32))[from_source] = values
+    return batch

@@ -53,7 +53,8 @@ def _parse_source(spec: str) -> Source:
     options = dict(_OPTIONS[kind])
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if key not in options:
-            raise DataError(f"data.sources: {spec!r} has unknown option {key!r}; {kind} takes {sorted(options) or 'none'}")
+            raise DataError(f"data.sources: {spec!r} has unknown option {key!r}; "
+                            f"{kind} takes {sorted(options) or 'none'}")
         options[key] = value
 
     if kind == "embedded":
@@ -93,7 +94,7 @@ def _text_documents(files: list[epath.Path]) -> Iterator[str]:
 
 def _jsonl_documents(files: list[epath.Path], field: str) -> Iterator[str]:
     for path in files:
-        for line_number, line in enumerate(_decode_utf8(path.read_bytes(), str(path)).splitlines(), start=1):
+        for line_number, line in enumerate(_decode_utf8(path.read_bytes(), str(path)).split("\n"), start=1):
             if not line.strip():
                 continue
             where = f"{path}:{line_number}"

@@ -2,7 +2,7 @@
 import io
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import ml_collections
 import sentencepiece as spm
@@ -44,7 +44,6 @@ class Tokenizer:
         except RuntimeError as e:
             raise DataError(f"{origin}: not a SentencePiece model ({e}); point data.tokenizer_model at a .model "
                             "file or leave it empty to train one") from None
-        self.model_proto = model_proto
         self.fingerprint = cache_key(model_proto)
         self._check_special_ids(origin)
         if self.vocab_size != vocab_size:

@@ -17,6 +17,7 @@ from headless_jax.objectives.reduce import weighted_mean
 
 TASKS = ("mlm", "clm")
 LOSSES = ("cwt", "ce", "cwt+ce")
+ACCURACY_VOCAB_CHUNK = 4096  # headless accuracy: vocabulary rows scored at a time
 
 # (params, batch, rng, deterministic) -> (loss, metrics)
 ObjectiveFn = Callable[[dict, dict, jax.Array, bool], tuple[jax.Array, dict]]
@@ -102,9 +103,11 @@ def build_objective(config, model, special: SpecialTokens) -> ObjectiveFn:
             metrics["accuracy"] = weighted_mean(stats.argmax_N == targets_N, valid_N)
         elif deterministic or obj.headless_train_accuracy:
             # A headless model ranks the vocabulary by o·E[v]ᵀ: a metric only (no gradient), and a [N,V]
-            # matmul the headless training step otherwise avoids, hence evaluation-only by default.
+            # matmul the headless training step otherwise avoids, hence evaluation-only by default. Streamed
+            # over vocabulary chunks, so that a long-sequence evaluation never holds [N,V] logits.
             embedding_VxD = jax.lax.stop_gradient(embedding_matrix(params))
-            stats = vocab_stats(jax.lax.stop_gradient(o_NxD), embedding_VxD, None, targets_N, obj.ce_vocab_chunk)
+            chunk = min(ACCURACY_VOCAB_CHUNK, embedding_VxD.shape[0])
+            stats = vocab_stats(jax.lax.stop_gradient(o_NxD), embedding_VxD, None, targets_N, chunk)
             metrics["accuracy"] = weighted_mean(stats.argmax_N == targets_N, valid_N)
 
         metrics["loss"] = loss

@@ -1,0 +1,85 @@
+"""The benchmark runs the real train step of both objectives and writes complete, sane rows (no timing asserts)."""
+import json
+import math
+
+import jax
+
+from headless_jax import bench
+from tests.train_helpers import tiny_config
+
+FIELDS = ("config", "objective", "vocab", "batch", "seq_len", "group_size", "step_ms_median", "step_ms_min",
+          "step_ms_max", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share", "device_kind", "jax_version")
+
+
+def tiny_clm(vocab: int = 256):
+    c = tiny_config("clm", "cwt", batch=8)
+    c.model.update(num_layers=1, vocab_size=vocab)
+    c.train.peak_flops_per_device = 1e12  # skip measuring the CPU matmul peak in a test
+    return c
+
+
+def check_row(row, devices):
+    for field in FIELDS:
+        assert field in row, field
+    assert row["device_kind"] == devices[0].device_kind and row["jax_version"] == jax.__version__
+    assert 0 < row["step_ms_min"] <= row["step_ms_median"] <= row["step_ms_max"]
+    assert math.isclose(row["tokens_per_s"], row["batch"] * row["seq_len"] / (row["step_ms_median"] / 1e3))
+    assert 0 < row["mfu"] < 1
+    assert 0 <= row["head_share"] < 1
+    assert row["peak_memory_bytes"] is None or row["peak_memory_bytes"] > 0
+
+
+def test_vocab_sweep_writes_complete_rows(tmp_path):
+    devices = jax.devices()[:2]
+    config = tiny_clm()
+    rows = bench.run_sweep(config, "vocab", [64, 512], steps=2, name="tiny", devices=devices, log=lambda _: None)
+    paths = bench.write_outputs(rows, str(tmp_path), "vocab")
+    written = json.load(open(paths["json"]))
+    assert written == json.loads(json.dumps(rows))
+    assert [(r["objective"], r["vocab"]) for r in written] == [("cwt", 64), ("ce", 64), ("cwt", 512), ("ce", 512)]
+    for row in written:
+        check_row(row, devices)
+        assert (row["config"], row["batch"], row["seq_len"], row["group_size"]) == ("tiny", 8, 16, 2)
+        assert row["head"] == ("none" if row["objective"] == "cwt" else "untied")
+    # The classical head adds 3·2·D·V FLOPs per predicted token; the headless step has only the K×K logits.
+    ce_512 = written[3]
+    assert ce_512["head_flops_per_step"] == 3 * 8 * 15 * 2 * 32 * 512
+    assert written[2]["head_flops_per_step"] == 3 * 8 * 15 * 2 * (2 * 15) * 32
+    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "| cwt | 64 |" in open(paths["md"]).read()
+
+
+def test_batch_and_group_sweeps_keep_groups_dividing_the_batch():
+    config = tiny_clm()
+    config.objective.cwt_group_size = 4
+    batch_cases = bench.sweep_configs(config, "batch", [2, 8])
+    assert [(c.objective.loss, c.train.global_batch_size, c.objective.cwt_group_size) for c in batch_cases] == [
+        ("cwt", 2, 2), ("ce", 2, 2), ("cwt", 8, 4), ("ce", 8, 4)]
+    group_cases = bench.sweep_configs(config, "group", [1, 8])
+    assert [(c.objective.loss, c.objective.cwt_group_size) for c in group_cases] == [("cwt", 1), ("ce", 1), ("cwt", 8)]
+    assert config.objective.loss == "cwt" and config.model.head == "none"  # the sweep copies, never mutates
+
+
+def test_mlm_case_and_body_objective():
+    devices = jax.devices()[:1]
+    config = tiny_config("mlm", "ce", batch=8)
+    config.model.num_layers = 1
+    config.train.peak_flops_per_device = 1e12
+    row = bench.bench_case(config, "tiny-mlm", steps=2, devices=devices)
+    check_row(row, devices)
+    assert (row["objective"], row["head"], row["task"]) == ("ce", "tied", "mlm")
+
+
+def test_cwt_k_dense_vs_blockwise_skips_dense_over_budget():
+    rows = bench.run_cwt_k([256, 512], dim=16, block_size=128, steps=2, host_memory_bytes=2 * 4 * 256**2,
+                           log=lambda _: None)
+    assert [(r["mode"], r["k"]) for r in rows] == [("dense", 256), ("blockwise(128)", 256), ("dense", 512),
+                                                    ("blockwise(128)", 512)]
+    ran = [r for r in rows if r["step_ms_median"] is not None]
+    assert len(ran) == 3 and rows[2]["step_ms_median"] is None and "not run" in rows[2]["note"]
+    for r in ran:
+        assert 0 < r["step_ms_min"] <= r["step_ms_median"] <= r["step_ms_max"]
+    memory = {(r["mode"], r["k"]): r["peak_memory_bytes"] for r in rows}
+    if memory[("dense", 512)] is not None:  # reported even when not run; the [K,K] logits dominate dense
+        assert memory[("dense", 512)] >= 4 * 512**2
+        assert memory[("blockwise(128)", 512)] < memory[("dense", 512)]
