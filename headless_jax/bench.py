@@ -91,30 +91,30 @@ def time_calls(call, steps: int) -> list[float]:
     return times
 
 
-def time_train_step(config, objective_of, mesh, rules, batch, steps: int):
-    """(step times in s, compiled memory bytes) of the train step with objective `objective_of(model)`."""
+def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int) -> list[tuple[list, int | None]]:
+    """For each objective, (step times in s, compiled memory bytes) of the train step; one state serves all."""
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    optimizer = optimizer_of(config)
+    optimizer = make_optimizer(config.optim, config.train.num_steps)
     schedule = learning_rate_schedule(config.optim, config.train.num_steps)
+    results = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         state, shardings = create_state(model, optimizer, config.data.seq_len, config.seed, mesh, rules)
-        step = build_train_step(objective_of(model), optimizer, schedule, shardings, mesh, config.train.microbatches)
         device_batch = global_batch(batch, mesh)
-        compiled = step.lower(state, device_batch).compile()
-        memory = memory_bytes(compiled)
-        holder = {"state": compiled(state, device_batch)[0]}  # warm-up, not timed
+        for objective_of in objective_fns:
+            step = build_train_step(objective_of(model), optimizer, schedule, shardings, mesh,
+                                    config.train.microbatches)
+            compiled = step.lower(state, device_batch).compile()
+            state = jax.block_until_ready(compiled(state, device_batch)[0])  # warm-up, not timed
+            holder = {"state": state}
 
-        def call():
-            holder["state"], metrics = compiled(holder["state"], device_batch)
-            return holder["state"], metrics
+            def call():
+                holder["state"], metrics = compiled(holder["state"], device_batch)
+                return holder["state"], metrics
 
-        times = time_calls(call, steps)
-        del holder
-    return times, memory
-
-
-def optimizer_of(config):
-    return make_optimizer(config.optim, config.train.num_steps)
+            times = time_calls(call, steps)
+            state = holder["state"]
+            results.append((times, memory_bytes(compiled)))
+    return results
 
 
 def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, str] | None = None) -> dict:
@@ -123,8 +123,8 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
     mesh, rules = make_mesh(config.mesh, devices), axis_rules(config.mesh)
     batch = random_batch(config.train.global_batch_size, config.data.seq_len, config.model.vocab_size, config.seed)
     full = lambda model: objectives.build_objective(config, model, objectives.SpecialTokens())  # noqa: E731
-    times, memory = time_train_step(config, full, mesh, rules, batch, steps)
-    body_times, _ = time_train_step(config, body_only_objective, mesh, rules, batch, steps)
+    (times, memory), (body_times, _) = time_train_steps(config, [full, body_only_objective], mesh, rules, batch,
+                                                        steps)
     median, body_median = statistics.median(times), statistics.median(body_times)
     peak_flops, peak_source = peak or flops.peak_flops_per_device(config.train.peak_flops_per_device)
     step_flops = flops.train_flops_per_step(config)

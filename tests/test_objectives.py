@@ -19,7 +19,7 @@ SPECIAL = SpecialTokens()
 def config(task="mlm", loss="cwt", head=None, **objective):
     c = base_config()
     head = head or ("none" if loss == "cwt" else "tied")
-    c.model.update(causal=task == "clm", vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=2, head_dim=16,
+    c.model.update(causal=task == "clm", vocab_size=VOCAB, num_layers=1, d_model=32, num_heads=2, head_dim=16,
                    mlp_dim=48, max_len=L, head=head)
     c.objective.update(task=task, loss=loss, mask_rate=0.25, cwt_group_size=2, cwt_temperature=0.5)
     c.objective.update(objective)
