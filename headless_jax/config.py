@@ -57,14 +57,6 @@ def base_config() -> ml_collections.ConfigDict:
     m.attention = "auto"  # auto | xla | cudnn | splash
     m.remat = "none"  # none | full | dots (save matmul outputs)
     m.scan_layers = False
-    r = m.routing = ml_collections.ConfigDict()
-    r.kind = "none"  # none | skip | topk
-    r.layers = ""  # comma-separated layer indices, or "every:N" (layers N-1, 2N-1, ...)
-    r.target = "block"  # block | attention | mlp: what a routed token skips
-    r.capacity = 0.5  # topk: fraction of each sequence executed; skip: target executed fraction P
-    r.budget_weight = 0.1  # skip: lambda of the budget loss
-    r.gumbel_temperature = 1.0
-    r.predictor_weight = 0.1  # topk, causal: auxiliary BCE weight of the causal router predictor
 
     o = c.objective = ml_collections.ConfigDict()
     o.task = "mlm"  # mlm | clm

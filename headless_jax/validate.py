@@ -16,8 +16,6 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": IMPLEMENTATIONS,
     "model.remat": ("none", "full", "dots"),
-    "model.routing.kind": ("none", "skip", "topk"),
-    "model.routing.target": ("block", "attention", "mlp"),
     "objective.task": ("mlm", "clm"),
     "objective.loss": ("cwt", "ce", "cwt+ce"),
     "data.packing": ("windows", "documents"),

@@ -60,7 +60,7 @@ def test_batch_and_group_sweeps_keep_groups_dividing_the_batch():
 
 
 def test_cwt_k_dense_vs_blockwise_skips_dense_over_budget():
-    rows = bench.run_cwt_k([256, 512], dim=16, block_size=128, steps=2, host_memory_bytes=2 * 4 * 256**2,
+    rows = bench.run_cwt_k([256, 512], dim=16, block_size=128, steps=2, host_memory_bytes=2**20,
                            log=lambda _: None)
     assert [(r["mode"], r["k"]) for r in rows] == [("dense", 256), ("blockwise(128)", 256), ("dense", 512),
                                                     ("blockwise(128)", 512)]

@@ -19,9 +19,11 @@ class VocabularyHead(nn.Module):
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
         features_NxD = h_NxD
         if not cfg.causal and cfg.mlm_head_transform:
+            # The transform's output axis stays unsharded ('act_embed'): sharding it over 'tensor' while E's embed
+            # axis is on 'fsdp' gave wrong gradients on a data×fsdp×tensor mesh (tests/test_train_step.py).
             features_NxD = nn.Dense(cfg.d_model, dtype=dtype, name="transform",
-                                    kernel_init=dense_init(cfg.init_std, ("embed", "mlp")),
-                                    bias_init=zeros_init(("mlp",)))(features_NxD)
+                                    kernel_init=dense_init(cfg.init_std, ("embed", "act_embed")),
+                                    bias_init=zeros_init(("act_embed",)))(features_NxD)
             features_NxD = make_norm(cfg, "transform_norm")(nn.gelu(features_NxD))
         if cfg.head == "tied":
             weight_VxD = embedding_VxD
