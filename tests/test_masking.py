@@ -41,7 +41,8 @@ def test_exactly_k_eligible_positions_per_row():
     np.testing.assert_array_equal(out.targets_BxK, np.take_along_axis(np.asarray(tokens), positions, 1))
     # Invalid slots point at special tokens and leave them as they were.
     assert np.all(np.isin(np.asarray(out.targets_BxK)[~valid], SPECIAL.special_ids))
-    np.testing.assert_array_equal(out.tokens_BxL, np.where(np.isin(tokens, SPECIAL.special_ids), tokens, out.tokens_BxL))
+    special = np.isin(tokens, SPECIAL.special_ids)
+    np.testing.assert_array_equal(np.asarray(out.tokens_BxL)[special], np.asarray(tokens)[special])
 
 
 def test_corruption_is_80_10_10_and_only_at_selected_positions():

@@ -44,7 +44,7 @@ def test_parameters_are_sharded_as_the_rules_say():
     assert embedding.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
     assert embedding.addressable_shards[0].data.shape == (64 // 2, 32 // 2)
     query = params["layer_0"]["attention"]["query"]["kernel"]  # ('embed', 'heads', 'kv')
-    assert query.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert query.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
     mu = state["opt_state"][1][0].mu["body"]["embed"]["embedding"]  # Adam moments shard like their parameter
     assert mu.sharding.spec == embedding.sharding.spec
 

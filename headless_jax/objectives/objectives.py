@@ -4,13 +4,13 @@ Both tasks reduce to the same shape: hidden states o [B,S,D] at S predicted posi
 targets [B,S] (always the original tokens) and validity [B,S]. CWT scores o against E[targets] within
 negative groups; CE scores it against the vocabulary head. Same body, data and masking for both.
 """
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from headless_jax.model import embedding_matrix
-from headless_jax.objectives.ce import cross_entropy, logits_stats, vocab_stats
+from headless_jax.objectives.ce import VocabStats, cross_entropy, logits_stats, vocab_stats
 from headless_jax.objectives.cwt import cwt_loss
 from headless_jax.objectives.masking import SpecialTokens, mask_tokens
 from headless_jax.objectives.reduce import weighted_mean
@@ -48,6 +48,55 @@ def check_config(config) -> None:
                          "needs task=mlm, a ce loss and ce_vocab_chunk=0")
 
 
+class Predictions(NamedTuple):
+    """What every loss sees: hidden states at the S predicted positions of each sequence, and their targets."""
+    hidden_BxLxD: jax.Array  # all positions (for ce_all_positions)
+    o_BxSxD: jax.Array
+    targets_BxS: jax.Array  # always the original tokens
+    valid_BxS: jax.Array  # bool, used as CWT rows and columns and as CE weights
+    positions_BxS: jax.Array | None  # MLM: which rows of hidden_BxLxD o comes from
+
+
+def predictions(config, model, special: SpecialTokens, params, batch: dict, rng: jax.Array,
+                deterministic: bool) -> Predictions:
+    mask_rng, dropout_rng = jax.random.split(rng)
+
+    def hidden(tokens_BxL):
+        return model.apply({"params": params}, tokens_BxL, batch["segment_ids"], batch["positions"],
+                           deterministic=deterministic, rngs={"dropout": dropout_rng})
+
+    if config.objective.task == "mlm":
+        masked = mask_tokens(batch["tokens"], mask_rng, config.objective.mask_rate, special, config.model.vocab_size)
+        h_BxLxD = hidden(masked.tokens_BxL)
+        # Gather first: the losses (and the head, unless ce_all_positions) only see the k selected positions.
+        o_BxSxD = jnp.take_along_axis(h_BxLxD, masked.positions_BxK[..., None], axis=1)
+        return Predictions(h_BxLxD, o_BxSxD, masked.targets_BxK, masked.valid_BxK, masked.positions_BxK)
+    h_BxLxD = hidden(batch["tokens"])
+    return Predictions(h_BxLxD, h_BxLxD[:, :-1], *next_token_targets(batch["tokens"], batch["segment_ids"]), None)
+
+
+def head_stats(config, model, params, pred: Predictions) -> VocabStats:
+    """Classical: the vocabulary head's logits at the predicted positions (or at all, then gathered)."""
+    variables, dim = {"params": params}, pred.o_BxSxD.shape[-1]
+    targets_N = pred.targets_BxS.reshape(-1)
+    if config.objective.ce_all_positions:  # the reference's cost: [B,L,V] logits
+        logits_NxV = model.apply(variables, pred.hidden_BxLxD.reshape(-1, dim), method="logits")
+        logits_BxLxV = logits_NxV.reshape(pred.hidden_BxLxD.shape[:2] + (-1,))
+        logits_BxSxV = jnp.take_along_axis(logits_BxLxV, pred.positions_BxS[..., None], axis=1)
+        return logits_stats(logits_BxSxV.reshape(targets_N.shape[0], -1), targets_N)
+    features_NxD, weight_VxD, bias_V = model.apply(variables, pred.o_BxSxD.reshape(-1, dim), method="decoder")
+    return vocab_stats(features_NxD, weight_VxD, bias_V, targets_N, config.objective.ce_vocab_chunk)
+
+
+def embedding_stats(params, pred: Predictions) -> VocabStats:
+    """Headless: the vocabulary ranked by o·E[v]ᵀ, a metric only (no gradient), streamed over vocabulary
+    chunks so that a long-sequence evaluation never holds [N,V] logits."""
+    embedding_VxD = jax.lax.stop_gradient(embedding_matrix(params))
+    o_NxD = jax.lax.stop_gradient(pred.o_BxSxD.reshape(-1, pred.o_BxSxD.shape[-1]))
+    chunk = min(ACCURACY_VOCAB_CHUNK, embedding_VxD.shape[0])
+    return vocab_stats(o_NxD, embedding_VxD, None, pred.targets_BxS.reshape(-1), chunk)
+
+
 def build_objective(config, model, special: SpecialTokens) -> ObjectiveFn:
     """The objective of `config` (a full experiment config) for `model` (a headless_jax LanguageModel).
 
@@ -55,61 +104,30 @@ def build_objective(config, model, special: SpecialTokens) -> ObjectiveFn:
     `variables['params']` of the model; deterministic=True (evaluation) turns dropout off. Metrics: loss,
     cwt_loss / ce_loss, num_tokens (predictions counted) and accuracy, the argmax over the whole vocabulary:
     of the head logits, or for a headless model of o·Eᵀ (in training steps only with
-    objective.headless_train_accuracy, as it costs a vocabulary matmul).
+    objective.headless_train_accuracy: it costs the vocabulary matmul a headless model otherwise avoids).
     """
     check_config(config)
     obj = config.objective
     terms = obj.loss.split("+")
 
     def objective_fn(params, batch, rng, deterministic: bool):
-        variables = {"params": params}
-        mask_rng, dropout_rng = jax.random.split(rng)
-
-        def hidden(tokens_BxL):
-            return model.apply(variables, tokens_BxL, batch["segment_ids"], batch["positions"],
-                               deterministic=deterministic, rngs={"dropout": dropout_rng})
-
-        if obj.task == "mlm":
-            masked = mask_tokens(batch["tokens"], mask_rng, obj.mask_rate, special, config.model.vocab_size)
-            h_BxLxD = hidden(masked.tokens_BxL)
-            # Gather first: the loss (and the head, unless ce_all_positions) only sees the k selected positions.
-            o_BxSxD = jnp.take_along_axis(h_BxLxD, masked.positions_BxK[..., None], axis=1)
-            targets_BxS, valid_BxS = masked.targets_BxK, masked.valid_BxK
-        else:
-            h_BxLxD = hidden(batch["tokens"])
-            o_BxSxD = h_BxLxD[:, :-1]
-            targets_BxS, valid_BxS = next_token_targets(batch["tokens"], batch["segment_ids"])
-        batch_size, length, dim = o_BxSxD.shape
-        o_NxD, targets_N, valid_N = o_BxSxD.reshape(-1, dim), targets_BxS.reshape(-1), valid_BxS.reshape(-1)
-        metrics, loss = {}, 0.0
-
+        pred = predictions(config, model, special, params, batch, rng, deterministic)
+        targets_N, valid_N = pred.targets_BxS.reshape(-1), pred.valid_BxS.reshape(-1)
+        metrics, loss, stats = {}, 0.0, None
         if "cwt" in terms:
             # Target embeddings in the activations' dtype, as the input lookup does; logits accumulate in float32.
-            t_BxSxD = embedding_matrix(params)[targets_BxS].astype(o_BxSxD.dtype)
-            metrics["cwt_loss"] = cwt_loss(o_BxSxD, t_BxSxD, valid_BxS, obj.cwt_group_size, obj.cwt_temperature,
-                                           obj.cwt_block_size, obj.cwt_memory_budget_mb)
+            t_BxSxD = embedding_matrix(params)[pred.targets_BxS].astype(pred.o_BxSxD.dtype)
+            metrics["cwt_loss"] = cwt_loss(pred.o_BxSxD, t_BxSxD, pred.valid_BxS, obj.cwt_group_size,
+                                           obj.cwt_temperature, obj.cwt_block_size, obj.cwt_memory_budget_mb)
             loss += obj.cwt_weight * metrics["cwt_loss"]
         if "ce" in terms:
-            if obj.ce_all_positions:
-                logits_BxLxV = model.apply(variables, h_BxLxD.reshape(-1, dim), method="logits").reshape(
-                    h_BxLxD.shape[:2] + (-1,))
-                logits_BxSxV = jnp.take_along_axis(logits_BxLxV, masked.positions_BxK[..., None], axis=1)
-                stats = logits_stats(logits_BxSxV.reshape(batch_size * length, -1), targets_N)
-            else:
-                features_NxD, weight_VxD, bias_V = model.apply(variables, o_NxD, method="decoder")
-                stats = vocab_stats(features_NxD, weight_VxD, bias_V, targets_N, obj.ce_vocab_chunk)
+            stats = head_stats(config, model, params, pred)
             metrics["ce_loss"] = cross_entropy(stats, valid_N, obj.z_loss)
             loss += obj.ce_weight * metrics["ce_loss"]
-            metrics["accuracy"] = weighted_mean(stats.argmax_N == targets_N, valid_N)
         elif deterministic or obj.headless_train_accuracy:
-            # A headless model ranks the vocabulary by o·E[v]ᵀ: a metric only (no gradient), and a [N,V]
-            # matmul the headless training step otherwise avoids, hence evaluation-only by default. Streamed
-            # over vocabulary chunks, so that a long-sequence evaluation never holds [N,V] logits.
-            embedding_VxD = jax.lax.stop_gradient(embedding_matrix(params))
-            chunk = min(ACCURACY_VOCAB_CHUNK, embedding_VxD.shape[0])
-            stats = vocab_stats(jax.lax.stop_gradient(o_NxD), embedding_VxD, None, targets_N, chunk)
+            stats = embedding_stats(params, pred)
+        if stats is not None:
             metrics["accuracy"] = weighted_mean(stats.argmax_N == targets_N, valid_N)
-
         metrics["loss"] = loss
         metrics["num_tokens"] = jnp.sum(valid_N.astype(jnp.float32))
         return loss, metrics

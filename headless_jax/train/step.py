@@ -26,7 +26,7 @@ def build_train_step(objective: Objective, optimizer: optax.GradientTransformati
     """Returns `step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donated state.
 
     The loss is the mean over microbatches of each microbatch's loss. A non-finite loss or gradient norm
-    leaves the state untouched (metrics['finite'] = 0); the loop decides whether that stops the run.
+    (or update) leaves the state untouched (metrics['finite'] = 0); the loop decides whether that stops the run.
     """
     def grads_of(params, microbatch, rng):
         (_, metrics), grads = jax.value_and_grad(lambda p: objective(p, microbatch, rng, False), has_aux=True)(params)
@@ -49,8 +49,8 @@ def build_train_step(objective: Objective, optimizer: optax.GradientTransformati
             metrics = {k: v.sum() if k == "num_tokens" else v.mean() for k, v in metrics_M.items()}
 
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
         params = optax.apply_updates(state["params"], updates)
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
         # A bad update is never applied: the state keeps its last finite value, only the step advances.

@@ -1,0 +1,59 @@
+"""A non-finite loss stops the run (or skips the update) and never touches the last good checkpoint."""
+import jax
+import numpy as np
+import pytest
+
+from headless_jax import objectives
+from headless_jax.data import book_names, read_book
+from headless_jax.train import loop
+from headless_jax.train.checkpoint import Checkpointer
+from tests.test_resume import assert_same_params, final_params
+from tests.train_helpers import tiny_config
+
+
+@pytest.fixture
+def config(tmp_path):
+    (tmp_path / "book.txt").write_text(read_book(book_names()[1])[:40_000])
+    c = tiny_config("clm", "cwt", batch=8)
+    c.model.vocab_size = 512
+    c.objective.cwt_group_size = 1
+    c.data.update(sources=f"text:{tmp_path}/book.txt", cache_dir=str(tmp_path / "cache"))
+    c.train.update(num_steps=6, checkpoint_every=3, eval_every=1000, eval_batches=1, log_every=1)
+    return c
+
+
+def poison(monkeypatch):
+    """Every loss from now on is NaN."""
+    build = objectives.build_objective
+
+    def build_poisoned(*args, **kwargs):
+        objective = build(*args, **kwargs)
+
+        def nan_objective(params, batch, rng, deterministic):
+            loss, metrics = objective(params, batch, rng, deterministic)
+            return loss * jax.numpy.nan, dict(metrics, loss=loss * jax.numpy.nan)
+        return nan_objective
+    monkeypatch.setattr(objectives, "build_objective", build_poisoned)
+
+
+def test_nan_stops_the_run_and_the_last_checkpoint_is_intact(config, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    loop.train(config, str(workdir))
+    good = final_params(workdir, step=6)
+    poison(monkeypatch)
+    config.train.num_steps = 12
+    with pytest.raises(loop.NonFiniteError, match="last good checkpoint \\(step 6\\) is intact"):
+        loop.train(config, str(workdir))
+    assert Checkpointer(str(workdir / "checkpoints"), keep=3).latest_step() == 6
+    assert_same_params(final_params(workdir, step=6), good)
+
+
+def test_nan_with_skip_keeps_training_without_applying_updates(config, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    loop.train(config, str(workdir))
+    good = final_params(workdir, step=6)
+    poison(monkeypatch)
+    config.train.update(num_steps=9, nonfinite="skip")
+    loop.train(config, str(workdir))
+    assert_same_params(final_params(workdir, step=9), good)  # every poisoned update was skipped
+    assert not np.isnan(np.asarray(jax.tree.leaves(final_params(workdir, step=9))[0])).any()
