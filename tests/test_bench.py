@@ -30,7 +30,7 @@ def check_row(row, devices):
 
 
 def test_vocab_sweep_writes_complete_rows(tmp_path):
-    devices = jax.devices()[:2]
+    devices = jax.devices()[:1]
     config = tiny_clm()
     rows = bench.run_sweep(config, "vocab", [512], steps=2, name="tiny", devices=devices, log=lambda _: None)
     paths = bench.write_outputs(rows, str(tmp_path), "vocab")
