@@ -130,8 +130,9 @@ def _run(config, workdir, mesh, state, start, train_iterator, train_step, eval_s
         nonlocal pending, last_report
         if not pending:
             return
-        values = mean_metrics(jax.device_get(pending))
-        values["finite"] = min(float(m["finite"]) for m in jax.device_get(pending))
+        fetched = jax.device_get(pending)
+        values = mean_metrics(fetched)
+        values["finite"] = min(float(m["finite"]) for m in fetched)  # one bad step in the interval counts
         steps, elapsed = step - last_report[0], time.perf_counter() - last_report[1]
         pending, last_report = [], (step, time.perf_counter())
         values["tokens_per_second"] = steps * tokens_per_step / elapsed
