@@ -27,6 +27,7 @@ _TRAINER_OPTIONS = dict(
     num_threads=16,  # fixed: the trained model depends on the thread count, and the cache key must not
     minloglevel=2,
 )
+RUN_TOKENIZER_FILE = "tokenizer.model"  # every run keeps its tokenizer in its workdir, for downstream jobs
 _FIX = ("retrain it: leave data.tokenizer_model empty and headless_jax trains one, or train yours with "
         "pad_id=0 unk_id=1 bos_id=2 eos_id=3 user_defined_symbols=" + ",".join(_USER_DEFINED))
 
@@ -81,6 +82,13 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.processor.decode([int(i) for i in ids])
+
+    def save_to_run(self, workdir: epath.PathLike) -> None:
+        """Writes the model to `<workdir>/tokenizer.model` (call from one process), where downstream jobs read it."""
+        path = epath.Path(workdir) / RUN_TOKENIZER_FILE
+        proto = self.processor.serialized_model_proto()
+        if not path.exists() or path.read_bytes() != proto:
+            write_atomically(path, proto)
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, cache_dir: epath.PathLike) -> Tokenizer:

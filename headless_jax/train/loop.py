@@ -84,6 +84,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
     tokenizer, train_iterator, eval_local_batches = data_lib.build_data(config, str(workdir))
+    if jax.process_index() == 0:
+        tokenizer.save_to_run(workdir)
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
     special = objectives.SpecialTokens(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids))
     objective = objectives.build_objective(config, model, special)
