@@ -4,6 +4,9 @@
 Training streams are grain pipelines over (source, row) ids: each source reshuffled every epoch, sources
 interleaved with weights p_i ∝ n_i^alpha, global batches of ids cut into per-process slices, and only this
 process's rows read. Their iterators have get_state()/set_state() for checkpoints.
+
+Several processes: process 0 trains the tokenizer and fills the token cache while the others wait (see
+`build_data`).
 """
 import functools
 from collections.abc import Sequence
@@ -13,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
 from headless_jax.data.errors import DataError
 from headless_jax.data.packing import PACKINGS, PackedRows
@@ -46,7 +50,10 @@ def mixed_row_ids(row_counts: Sequence[int], alpha: float, seed: int) -> grain.M
 def train_iterator(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_dir: epath.PathLike,
                    process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
     """Endless training batches of this process: rows [p·b, (p+1)·b) of every global batch, b =
-    global_batch_size / process_count, so that the processes' batches side by side are the global batch."""
+    global_batch_size / process_count, so that the processes' batches side by side are the global batch.
+
+    The iterator's state counts global batches, whatever the process count: every process saves the same
+    state, and any process's state resumes a run on another number of processes."""
     sources = _packed_rows(config, tokenizer, cache_dir, "train")
     local_batch_size = _local_batch_size(config, process_count)
     ids = mixed_row_ids([len(rows) for rows in sources], config.data.mixing_alpha, config.seed)
@@ -82,14 +89,34 @@ def build_data(config: ml_collections.ConfigDict, workdir: epath.PathLike, proce
                process_count: int | None = None) -> tuple[Tokenizer, grain.DatasetIterator, list[Batch]]:
     """(tokenizer, training iterator, held-out eval batches) of an experiment, for this process (default: JAX's).
 
-    Tokenizer and token caches live in data.cache_dir, or <workdir>/cache; the first run fills them."""
+    Tokenizer and token caches live in data.cache_dir, or <workdir>/cache; the first run fills them. In a
+    multi-process run process 0 fills them while the others wait at a barrier, then every process loads them
+    (a process that does not see process 0's files, e.g. a local cache_dir on another host, builds its own:
+    the build is deterministic, and all processes check that they hold the same tokenizer)."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     cache_dir = epath.Path(config.data.cache_dir or epath.Path(workdir) / "cache")
+    _fill_caches_on_process_0(config, cache_dir)
     tokenizer = load_tokenizer(config, cache_dir)
+    if jax.process_count() > 1:
+        multihost_utils.assert_equal(np.frombuffer(bytes.fromhex(tokenizer.fingerprint), np.uint32),
+                                     f"the processes' tokenizers differ (one is {tokenizer.fingerprint}); give "
+                                     "them one data.cache_dir they all see, or one data.tokenizer_model")
     train = train_iterator(config, tokenizer, cache_dir, process_index, process_count)
     evals = eval_batches(config, tokenizer, cache_dir, config.train.eval_batches, process_index, process_count)
     return tokenizer, train, evals
+
+
+def _fill_caches_on_process_0(config: ml_collections.ConfigDict, cache_dir: epath.Path) -> None:
+    """Multi-process runs: the tokenizer is trained and the sources tokenised once, by process 0, before any
+    other process looks for them; one process: nothing to do here."""
+    if jax.process_count() == 1:
+        return
+    if jax.process_index() == 0:
+        tokenizer = load_tokenizer(config, cache_dir)
+        for source in parse_sources(config.data.sources):
+            tokenize_source(source, tokenizer, config.data.heldout_fraction, cache_dir)
+    multihost_utils.sync_global_devices("headless_jax: tokenizer and token cache ready")
 
 
 def _packed_rows(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_dir: epath.PathLike,

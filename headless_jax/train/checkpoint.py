@@ -3,7 +3,11 @@
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when complete), so
 a crash or SIGKILL mid-save leaves the previous checkpoint as the latest. A checkpoint that exists but does
 not restore is moved aside to `<dir>/unreadable/` (nothing is deleted) and the previous one is used.
+
+Multi-process runs: Orbax writes each process's shards of the state, grain one iterator-state file per
+process. Both restore on another number of processes (e.g. a pod's checkpoint on one machine).
 """
+import json
 import logging
 
 import grain
@@ -39,14 +43,33 @@ class Checkpointer:
         """Restores the newest readable checkpoint onto `abstract_state`'s shardings (any mesh); None if none."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator)))
+                items = {"state": ocp.args.StandardRestore(abstract_state)}
+                own_data_state = self._own_data_state(step).exists()
+                if own_data_state:
+                    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                if not own_data_state:
+                    self._restore_data_state_of_process_0(step, data_iterator)
             except Exception as error:  # noqa: BLE001 — any unreadable checkpoint is set aside, not fatal
                 self._set_aside(step, error)
                 continue
             return restored["state"], step
         return None
+
+    def _own_data_state(self, step: int) -> epath.Path:
+        """Where grain keeps this process's iterator state: one file per process and process count."""
+        return self.directory / str(step) / "data" / _grain_state_file(jax.process_index(), jax.process_count())
+
+    def _restore_data_state_of_process_0(self, step: int, data_iterator) -> None:
+        """After a change of process count (e.g. a pod's checkpoint resumed on one machine) no file is this
+        process's; process 0's state is right for every process: an iterator's state counts global batches
+        (see data.train_iterator), so all processes save the same one."""
+        saved = sorted((self.directory / str(step) / "data").glob(_grain_state_file(0, "*")))
+        if not saved:
+            raise FileNotFoundError(f"{self.directory / str(step) / 'data'} holds no data-iterator state")
+        logging.info("restoring the data iterator from %s, saved by another number of processes", saved[0])
+        data_iterator.set_state(json.loads(saved[0].read_text()))
+        data_iterator.start_prefetch()
 
     def restored_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
@@ -69,3 +92,8 @@ class Checkpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _grain_state_file(process_index: int, process_count: int | str) -> str:
+    """The name grain's checkpoint handler gives a process's iterator state."""
+    return f"process_{process_index}-of-{process_count}.json"

@@ -1,0 +1,123 @@
+"""Multi-process training on CPU: two `headless_jax.main` processes × 4 devices, connected by jax.distributed
+(gloo collectives), train exactly as one process × 8 devices on the same mesh, and their checkpoint resumes
+in one process. The one-process runs are in-process (the test process has 8 devices, see conftest.py)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from headless_jax.data import book_names, build_data, read_book
+from headless_jax.data.pipeline import eval_batches, train_iterator
+from headless_jax.train.loop import train
+from tests.test_configs import load_config
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+STEPS = 4  # the two processes' run; the one-process runs go one step further
+# a tiny encoder on 4 × 2 = 8 devices (data × tensor), one train metric line per step; warmup outlasts the
+# run, so the learning rates do not depend on train.num_steps
+OVERRIDES = {"model.vocab_size": 384, "model.num_layers": 1, "model.d_model": 32, "model.num_heads": 2,
+             "model.head_dim": 16, "model.mlp_dim": 64, "model.max_len": 32, "data.seq_len": 32,
+             "train.global_batch_size": 16, "train.log_every": 1, "train.eval_every": 1000,
+             "train.eval_batches": 2, "mesh.data": 4, "mesh.tensor": 2}
+
+
+def tiny_config(text, **overrides):
+    config = load_config("demo", None)
+    config.update_from_flattened_dict({**OVERRIDES, "data.sources": f"text:{text}", **overrides})
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def train_two_processes(workdir, text):
+    """`python -m headless_jax.main` twice, as processes 0 and 1 of one run with 4 CPU devices each."""
+    address = f"localhost:{free_port()}"
+    flags = [f"--config.{key}={value}" for key, value in OVERRIDES.items()]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "headless_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
+         f"--config.data.sources=text:{text}", f"--config.train.num_steps={STEPS}", *flags,
+         f"--config.distributed.coordinator_address={address}", "--config.distributed.num_processes=2",
+         f"--config.distributed.process_id={i}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()  # only if the other one failed and this one waits for it forever
+    for i, (p, output) in enumerate(zip(processes, outputs)):
+        assert p.returncode == 0, f"process {i}:\n{output[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Workdirs of: two processes (STEPS steps), one process (STEPS + 1 steps, sharing the token cache) and
+    the two processes' run resumed in one process for one more step."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    text = root / "book.txt"
+    text.write_text(read_book(book_names()[0])[:40_000])
+    two, one, resumed = root / "two", root / "one", root / "resumed"
+    train_two_processes(two, text)
+    shutil.copytree(two, resumed)
+    train(tiny_config(text, **{"train.num_steps": STEPS + 1, "data.cache_dir": str(two / "cache")}), str(one))
+    train(tiny_config(text, **{"train.num_steps": STEPS + 1}), str(resumed))
+    return {"two": two, "one": one, "resumed": resumed, "text": text}
+
+
+def train_losses(workdir) -> dict[int, float]:
+    lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return {m["step"]: m["loss"] for m in lines if m["split"] == "train"}
+
+
+def test_two_processes_train_like_one(runs):
+    two, one = train_losses(runs["two"]), train_losses(runs["one"])
+    assert sorted(two) == list(range(1, STEPS + 1))
+    # the same batches and parameters; only the order of cross-device sums differs
+    np.testing.assert_allclose([two[s] for s in two], [one[s] for s in two], rtol=2e-6)
+    assert len(set(two.values())) == STEPS  # the loss moves: the steps really trained
+
+
+def test_the_two_processes_checkpoint_resumes_in_one_process(runs):
+    resumed, one = runs["resumed"], train_losses(runs["one"])
+    assert not (resumed / "checkpoints" / "unreadable").exists()  # restored, not set aside
+    # the 5th step continues from the restored parameters, optimiser state and data position
+    np.testing.assert_allclose(train_losses(resumed)[STEPS + 1], one[STEPS + 1], rtol=2e-6)
+    data_states = [(runs["two"] / "checkpoints" / str(STEPS) / "data" / f"process_{i}-of-2.json").read_text()
+                   for i in range(2)]
+    assert data_states[0] == data_states[1]  # what lets either process's state resume any process count
+
+
+def test_process_0_alone_builds_the_tokenizer_and_token_cache(runs):
+    cache = runs["two"] / "cache"
+    tokenizers = list(cache.glob("tokenizer_*.model"))
+    assert len(tokenizers) == 1 and not list(cache.glob(".*.tmp"))
+    assert tokenizers[0].read_bytes() == (runs["two"] / "tokenizer.model").read_bytes()
+    assert sorted(p.name.split("_", 2)[2] for p in cache.glob("tokens_*.npy")) == [
+        "heldout.npy", "heldout_doc_ends.npy", "train.npy", "train_doc_ends.npy"]
+
+
+def test_each_process_reads_its_own_rows_of_every_global_batch(runs):
+    config = tiny_config(runs["text"], **{"train.global_batch_size": 6, "train.eval_batches": 2})
+    cache = runs["two"] / "cache"
+    tokenizer = build_data(config, runs["two"])[0]
+    whole = train_iterator(config, tokenizer, cache)
+    parts = [train_iterator(config, tokenizer, cache, p, 3) for p in range(3)]
+    for _ in range(3):
+        want = next(whole)
+        got = [next(part) for part in parts]
+        for name in want:
+            assert all(g[name].shape == (2, 32) for g in got)
+            np.testing.assert_array_equal(np.concatenate([g[name] for g in got]), want[name])
+    whole_eval = eval_batches(config, tokenizer, cache, 2)
+    eval_parts = [eval_batches(config, tokenizer, cache, 2, p, 3) for p in range(3)]
+    for b, want in enumerate(whole_eval):
+        np.testing.assert_array_equal(np.concatenate([part[b]["tokens"] for part in eval_parts]), want["tokens"])
