@@ -10,18 +10,31 @@ class MetricsWriter:
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
         if self.enabled:
-            self._tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
-            self._jsonl = (epath.Path(workdir) / "metrics.jsonl").open("a")
+            self._tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))  # gs:// works too
+            self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
+            # gs:// objects cannot be appended to (gcsfs silently overwrites) and show nothing before close: there
+            # the file is rewritten whole at every write, which is small (one line per report)
+            self._rewrite = "://" in str(self._jsonl_path)
+            if self._rewrite:
+                self._lines = [self._jsonl_path.read_text()] if self._jsonl_path.exists() else []
+            else:
+                self._jsonl = self._jsonl_path.open("a")
 
     def write(self, step: int, split: str, metrics: dict[str, float]):
         if not self.enabled:
             return
         for name, value in metrics.items():
             self._tensorboard.add_scalar(f"{split}/{name}", value, step)
-        self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, "split": split, **metrics}) + "\n"
+        if self._rewrite:
+            self._lines.append(line)
+            self._jsonl_path.write_text("".join(self._lines))
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
 
     def close(self):
         if self.enabled:
             self._tensorboard.close()
-            self._jsonl.close()
+            if not self._rewrite:
+                self._jsonl.close()
