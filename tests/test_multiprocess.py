@@ -8,8 +8,10 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+from jax.experimental import multihost_utils
 
 from headless_jax.data import book_names, build_data, read_book
 from headless_jax.data.pipeline import eval_batches, train_iterator
@@ -59,18 +61,23 @@ def train_two_processes(workdir, text):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "book.txt"
+    path.write_text(read_book(book_names()[0])[:40_000])
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(text, tmp_path_factory):
     """Workdirs of: two processes (STEPS steps), one process (STEPS + 1 steps, sharing the token cache) and
     the two processes' run resumed in one process for one more step."""
     root = tmp_path_factory.mktemp("multiprocess")
-    text = root / "book.txt"
-    text.write_text(read_book(book_names()[0])[:40_000])
     two, one, resumed = root / "two", root / "one", root / "resumed"
     train_two_processes(two, text)
     shutil.copytree(two, resumed)
     train(tiny_config(text, **{"train.num_steps": STEPS + 1, "data.cache_dir": str(two / "cache")}), str(one))
     train(tiny_config(text, **{"train.num_steps": STEPS + 1}), str(resumed))
-    return {"two": two, "one": one, "resumed": resumed, "text": text}
+    return {"two": two, "one": one, "resumed": resumed}
 
 
 def train_losses(workdir) -> dict[int, float]:
@@ -96,7 +103,7 @@ def test_the_two_processes_checkpoint_resumes_in_one_process(runs):
     assert data_states[0] == data_states[1]  # what lets either process's state resume any process count
 
 
-def test_process_0_alone_builds_the_tokenizer_and_token_cache(runs):
+def test_the_processes_share_one_tokenizer_and_token_cache(runs):
     cache = runs["two"] / "cache"
     tokenizers = list(cache.glob("tokenizer_*.model"))
     assert len(tokenizers) == 1 and not list(cache.glob(".*.tmp"))
@@ -105,8 +112,8 @@ def test_process_0_alone_builds_the_tokenizer_and_token_cache(runs):
         "heldout.npy", "heldout_doc_ends.npy", "train.npy", "train_doc_ends.npy"]
 
 
-def test_each_process_reads_its_own_rows_of_every_global_batch(runs):
-    config = tiny_config(runs["text"], **{"train.global_batch_size": 6, "train.eval_batches": 2})
+def test_each_process_reads_its_own_rows_of_every_global_batch(runs, text):
+    config = tiny_config(text, **{"train.global_batch_size": 6, "train.eval_batches": 2})
     cache = runs["two"] / "cache"
     tokenizer = build_data(config, runs["two"])[0]
     whole = train_iterator(config, tokenizer, cache)
@@ -121,3 +128,19 @@ def test_each_process_reads_its_own_rows_of_every_global_batch(runs):
     eval_parts = [eval_batches(config, tokenizer, cache, 2, p, 3) for p in range(3)]
     for b, want in enumerate(whole_eval):
         np.testing.assert_array_equal(np.concatenate([part[b]["tokens"] for part in eval_parts]), want["tokens"])
+
+
+def test_process_0_fills_the_caches_before_the_barrier_and_the_others_wait(text, tmp_path, monkeypatch):
+    """Processes 1 and 0 of a two-process run, played in this process: what each cache_dir holds when the
+    process reaches the barrier."""
+    at_barrier = {}
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "assert_equal", lambda *args: None)  # one process: nothing to compare
+    for index in (1, 0):
+        cache = tmp_path / f"cache_of_process_{index}"
+        monkeypatch.setattr(jax, "process_index", lambda: index)
+        monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: at_barrier.setdefault(
+            index, sorted(p.name.split("_")[0] for p in cache.glob("*")) if cache.exists() else []))
+        tokenizer = build_data(tiny_config(text, **{"data.cache_dir": str(cache)}), tmp_path)[0]
+        assert tokenizer.vocab_size == OVERRIDES["model.vocab_size"]
+    assert at_barrier == {1: [], 0: ["tokenizer"] + ["tokens"] * 4}
