@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
+from headless_jax import distributed
+from headless_jax.config import base_config
 from headless_jax.data import book_names, build_data, read_book
 from headless_jax.data.pipeline import eval_batches, train_iterator
 from headless_jax.train.loop import train
@@ -144,3 +146,44 @@ def test_process_0_fills_the_caches_before_the_barrier_and_the_others_wait(text,
         tokenizer = build_data(tiny_config(text, **{"data.cache_dir": str(cache)}), tmp_path)[0]
         assert tokenizer.vocab_size == OVERRIDES["model.vocab_size"]
     assert at_barrier == {1: [], 0: ["tokenizer"] + ["tokens"] * 4}
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """Records jax.distributed.initialize calls instead of connecting; starts from no CPU collectives."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
+    monkeypatch.delenv("JAX_CPU_COLLECTIVES_IMPLEMENTATION", raising=False)
+    for name in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    previous = jax.config.jax_cpu_collectives_implementation
+    jax.config.update("jax_cpu_collectives_implementation", None)
+    yield calls
+    jax.config.update("jax_cpu_collectives_implementation", previous)
+
+
+def test_an_explicit_coordinator_starts_jax_distributed_with_gloo_on_cpu(started):
+    dist = base_config().distributed
+    dist.update(coordinator_address="localhost:1234", num_processes=2, process_id=1)
+    distributed.initialize(dist)
+    assert started == [("localhost:1234", 2, 1)]
+    assert jax.config.jax_cpu_collectives_implementation == "gloo"
+
+
+def test_one_process_starts_nothing(started):
+    distributed.initialize(base_config().distributed)
+    assert started == [] and jax.config.jax_cpu_collectives_implementation is None
+
+
+def test_the_environment_chooses_another_cpu_collectives_implementation(started, monkeypatch):
+    monkeypatch.setenv("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "mpi")
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # detected: initialize() reads the rest from SLURM
+    distributed.initialize(base_config().distributed)
+    assert started == [()] and jax.config.jax_cpu_collectives_implementation is None
+
+
+def test_a_coordinator_without_a_process_id_names_the_missing_flags(started):
+    dist = base_config().distributed
+    dist.coordinator_address = "localhost:1234"
+    with pytest.raises(ValueError, match="num_processes.*process_id"):
+        distributed.initialize(dist)
