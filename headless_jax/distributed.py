@@ -18,17 +18,16 @@ def initialize(dist_cfg) -> None:
     Explicit `coordinator_address`, `num_processes` and `process_id` (e.g. local multi-process tests) win;
     otherwise TPU VMs and SLURM are detected automatically. Must run before JAX initialises its backends.
     """
-    if dist_cfg.coordinator_address or running_in_cluster():
-        use_gloo_on_cpu()
+    if not (dist_cfg.coordinator_address or running_in_cluster()):
+        return
+    use_gloo_on_cpu()
     if dist_cfg.coordinator_address:
         if dist_cfg.num_processes < 1 or dist_cfg.process_id < 0:
             raise ValueError("distributed.coordinator_address is set: also set --config.distributed.num_processes "
                              "and --config.distributed.process_id (0 … num_processes-1)")
         jax.distributed.initialize(dist_cfg.coordinator_address, dist_cfg.num_processes, dist_cfg.process_id)
-    elif running_in_cluster():
-        jax.distributed.initialize()
     else:
-        return
+        jax.distributed.initialize()
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
 
