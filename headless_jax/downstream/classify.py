@@ -26,8 +26,9 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
     names = tuple(n for part in spec.split(",") for n in (tuple(GLUE_TASKS) if part.strip() == "glue" else (part.strip(),)) if n)
     unknown = [n for n in names if n not in task_names()]
     if unknown or not names:
-        raise ValueError(f"tasks={spec!r}: unknown task {unknown[0] if unknown else '(none given)'}; known tasks: "
-                         f"{', '.join(task_names())} (or glue for all GLUE tasks)")
+        problem = f"unknown task {unknown[0]!r}" if unknown else "no task given"
+        raise ValueError(f"tasks={spec!r}: {problem}; known tasks: {', '.join(task_names())} (or glue for all GLUE "
+                         "tasks)")
     return names
 
 
