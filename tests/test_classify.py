@@ -1,0 +1,108 @@
+"""Fine-tuning a tiny pretrained encoder end to end (TSV task → results files), the loss against NumPy, errors."""
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from headless_jax.config import base_config
+from headless_jax.downstream import results
+from headless_jax.downstream.classifier import Classifier, class_weights, make_objective
+from headless_jax.downstream.classify import run
+from headless_jax.downstream.classify_config import classify_base_config
+from headless_jax.downstream.pretrained import PretrainedError
+from headless_jax.evaluate import runner
+from test_pretrained import pretrain
+
+CLASS_0_WORDS, CLASS_1_WORDS = ("the", "of", "and", "to"), ("she", "her", "was", "had")
+
+
+@pytest.fixture(scope="module")
+def encoder_run(tmp_path_factory):
+    return pretrain(tmp_path_factory.mktemp("encoder"), tmp_path_factory.mktemp("text"))
+
+
+def easy_sst2(directory, seed=0):
+    """SST-2 layout; the label is which word list a sentence is drawn from; 60% of rows are class 0."""
+    rng = np.random.default_rng(seed)
+    for split, size in (("train", 160), ("dev", 40)):
+        labels = (np.arange(size) % 5 >= 3).astype(int)  # 3 of every 5 rows are class 0
+        rows = ["sentence\tlabel"] + [" ".join(rng.choice((CLASS_0_WORDS, CLASS_1_WORDS)[y], 6)) + f"\t{y}"
+                                      for y in labels]
+        (directory / "SST-2").mkdir(parents=True, exist_ok=True)
+        (directory / "SST-2" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+
+
+def tiny_config(pretrained, data_dir) -> ml_collections.ConfigDict:
+    config = classify_base_config("sst2")
+    config.update(pretrained=str(pretrained), data_source="tsv", data_dir=str(data_dir), seq_len=16, batch_size=16,
+                  eval_batch_size=16, epochs=6, num_seeds=2, body_dropout_rate=0.0, name="tiny")
+    config.optim.learning_rate = 3e-3
+    return config
+
+
+def test_fine_tuning_beats_the_majority_class(encoder_run, tmp_path):
+    easy_sst2(tmp_path / "glue")
+    summary = runner("classify")(tiny_config(encoder_run, tmp_path / "glue"), str(tmp_path / "out"))
+    saved = json.loads((tmp_path / "out" / results.RESULTS_JSON).read_text())
+    accuracy = saved["tasks"]["sst2"]["splits"]["validation"]["accuracy"]
+    assert len(accuracy["per_seed"]) == 2 and accuracy["mean"] == pytest.approx(np.mean(accuracy["per_seed"]))
+    assert min(accuracy["per_seed"]) >= 0.9  # the majority class is 60% of the dev set
+    assert summary == {"model": "tiny", "sst2": pytest.approx(100 * accuracy["mean"])}
+    assert saved["pretrained_step"] == 4 and saved["tasks"]["sst2"]["num_eval"] == {"validation": 40}
+    table = (tmp_path / "out" / results.RESULTS_MD).read_text().splitlines()
+    assert table[0] == "| Model | SST-2 | Avg. |" and table[2].startswith(f"| tiny | {100 * accuracy['mean']:.2f} |")
+
+
+def test_a_decoder_checkpoint_is_refused(tmp_path):
+    decoder = pretrain(tmp_path / "decoder", tmp_path, "configs/clm_demo.py", 1)
+    with pytest.raises(PretrainedError, match=r"is a decoder \(model.causal=True\) but this job needs an encoder"):
+        run(tiny_config(decoder, tmp_path), str(tmp_path / "out"))
+
+
+def test_unknown_task_fails_before_loading_anything(tmp_path):
+    config = tiny_config(tmp_path / "no_such_run", tmp_path)
+    config.tasks = "sst2,glu"
+    with pytest.raises(ValueError, match=r"unknown task 'glu'; known tasks: cola, sst2"):
+        run(config, str(tmp_path / "out"))
+
+
+def test_losses_match_numpy():
+    model_cfg = base_config().model
+    model_cfg.update(vocab_size=64, num_layers=1, d_model=16, num_heads=2, head_dim=8, mlp_dim=32, max_len=8)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(7, 64, (6, 8)).astype(np.int32)
+    batch = {"tokens": tokens, "segment_ids": np.ones_like(tokens), "positions": np.tile(np.arange(8), (6, 1))}
+    for num_classes, labels in ((3, np.array([0, 1, 1, 1, 2, 1], np.int32)),
+                                (0, rng.normal(size=6).astype(np.float32))):
+        classifier = Classifier(ml_collections.FrozenConfigDict(model_cfg), num_classes or 1, "mean", 0.0)
+        params = classifier.init(jax.random.PRNGKey(1), tokens, batch["segment_ids"], batch["positions"])["params"]
+        out = np.asarray(classifier.apply({"params": params}, tokens, batch["segment_ids"], batch["positions"]),
+                         np.float64)
+        batch["labels"] = labels
+        if num_classes == 0:
+            want = np.mean((out[:, 0] - labels) ** 2)
+            got, _ = make_objective(classifier, 0, None)(params, batch, jax.random.PRNGKey(0), True)
+            assert float(got) == pytest.approx(want, rel=1e-5)
+            continue
+        nll = -(out - np.log(np.exp(out).sum(1, keepdims=True)))[np.arange(6), labels]
+        weights = class_weights(labels, 3)
+        np.testing.assert_allclose(weights, [6 / 3, 6 / 12, 6 / 3])  # N / (C · n_c) for counts 1, 4, 1
+        for w, want in ((None, nll.mean()), (weights, (weights[labels] * nll).sum() / weights[labels].sum())):
+            got, _ = make_objective(classifier, 3, w)(params, batch, jax.random.PRNGKey(0), True)
+            assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_tables_combine_runs_into_rows():
+    def run_result(model, scores):
+        return {"model": model, "tasks": {name: {"title": title, "score": score}
+                                          for name, (title, score) in scores.items()}}
+    runs = [run_result("headless", {"sst2": ("SST-2", 90.0)}),
+            run_result("classical", {"sst2": ("SST-2", 88.0), "cola": ("CoLA", 40.0)}),
+            run_result("headless", {"cola": ("CoLA", 45.5)})]  # a second task of the same model: the same row
+    assert results.markdown_table(runs).splitlines() == [
+        "| Model | CoLA | SST-2 | Avg. |", "|---|---|---|---|",
+        "| headless | 45.50 | 90.00 | 67.75 |", "| classical | 40.00 | 88.00 | 64.00 |"]
+    assert results.markdown_table([run_result("only", {"books": ("Books", 50.0)}), runs[1]]).splitlines()[2:] == [
+        "| only | – | – | 50.00 | 50.00 |", "| classical | 40.00 | 88.00 | – | 64.00 |"]
