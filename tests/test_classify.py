@@ -9,10 +9,11 @@ import pytest
 from headless_jax.config import base_config
 from headless_jax.downstream import results
 from headless_jax.downstream.classifier import Classifier, class_weights, make_objective
-from headless_jax.downstream.classify import run
+from headless_jax.downstream.classify import parse_tasks, run
 from headless_jax.downstream.classify_config import classify_base_config
 from headless_jax.downstream.pretrained import PretrainedError
-from headless_jax.evaluate import runner
+from headless_jax.evaluate import RUNNERS, runner
+from test_configs import EXTRA_CONFIGS, load_config
 from test_pretrained import pretrain
 
 CLASS_0_WORDS, CLASS_1_WORDS = ("the", "of", "and", "to"), ("she", "her", "was", "had")
@@ -106,3 +107,11 @@ def test_tables_combine_runs_into_rows():
         "| headless | 45.50 | 90.00 | 67.75 |", "| classical | 40.00 | 88.00 | 64.00 |"]
     assert results.markdown_table([run_result("only", {"books": ("Books", 50.0)}), runs[1]]).splitlines()[2:] == [
         "| only | – | – | 50.00 | 50.00 |", "| classical | 40.00 | 88.00 | – | 64.00 |"]
+
+
+@pytest.mark.parametrize("name", ["glue", "xnli", "books"])
+def test_downstream_configs_name_known_tasks(name):
+    for arg in EXTRA_CONFIGS[name]:
+        config = load_config(name, arg)
+        assert config.kind in RUNNERS and parse_tasks(config.tasks)
+    assert parse_tasks(load_config("glue", "rte,mrpc").tasks) == ("rte", "mrpc")

@@ -84,44 +84,73 @@ def test_unknown_task_lists_the_known_ones():
 
 
 @pytest.fixture(scope="module")
-def glue_tfds_dir(tmp_path_factory):
-    """Real TFDS `glue/sst2` and `glue/stsb` datasets (TFDS's own GLUE builder and features, tiny made-up
-    examples instead of the download), in ArrayRecord, built without TensorFlow."""
+def tfds_dir(tmp_path_factory):
+    """Real TFDS `glue/sst2`, `glue/stsb`, `glue/mnli` and `xnli` datasets (TFDS's own builders and features, tiny
+    made-up examples instead of the downloads), in ArrayRecord, built without TensorFlow."""
     tfds = pytest.importorskip("tensorflow_datasets")
     from tensorflow_datasets.core import registered
     from tensorflow_datasets.text import glue as tfds_glue
+    from tensorflow_datasets.text import xnli as tfds_xnli
 
     rows = {"sst2": lambda i: {"sentence": f"sentence {i}", "label": i % 2, "idx": i},
-            "stsb": lambda i: {"sentence1": f"a {i}", "sentence2": f"b {i}", "label": i / 2, "idx": i}}
-    with registered.skip_registration():  # the same name as TFDS's own builder, which then reads the files
+            "stsb": lambda i: {"sentence1": f"a {i}", "sentence2": f"b {i}", "label": i / 2, "idx": i},
+            "mnli": lambda i: {"premise": f"p {i}", "hypothesis": f"h {i}", "label": i % 3, "idx": i}}
+    splits = {"sst2": ("train", "validation"), "stsb": ("train", "validation"),
+              "mnli": ("train", "validation_matched", "validation_mismatched")}
+    with registered.skip_registration():  # the names of TFDS's own builders, which then read the files
         class TinyGlue(tfds_glue.Glue):
             name = "glue"
 
             def _split_generators(self, dl_manager):
-                return {"train": self._rows(0, 3), "validation": self._rows(3, 5)}
+                task = self.builder_config.name
+                return {split: self._rows(task, 3 * i, 3 * i + 3) for i, split in enumerate(splits[task])}
 
-            def _rows(self, start, stop):
+            def _rows(self, task, start, stop):
                 for i in range(start, stop):
-                    yield i, rows[self.builder_config.name](i)
+                    yield i, rows[task](i)
+
+        class TinyXnli(tfds_xnli.Xnli):
+            name = "xnli"
+
+            def _split_generators(self, dl_manager):
+                return {"test": self._rows(), "validation": self._rows()}
+
+            def _rows(self):
+                for i in range(2):  # the second pair lacks a German hypothesis
+                    languages = ("fr", "de") if i == 0 else ("fr",)
+                    yield i, {"premise": {lang: f"{lang} p{i}" for lang in tfds_xnli._LANGUAGES},
+                              "hypothesis": {lang: f"{lang} h{i}" for lang in languages}, "label": i + 1}
 
     data_dir = tmp_path_factory.mktemp("tfds")
     for task in rows:
         TinyGlue(config=task, data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    TinyXnli(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
     return str(data_dir)
 
 
-def test_glue_from_tfds(glue_tfds_dir):
-    sst2 = glue.load("sst2", "tfds", glue_tfds_dir)
+def test_glue_from_tfds(tfds_dir):
+    sst2 = glue.load("sst2", "tfds", tfds_dir)
     assert sorted(sst2.train, key=lambda e: e.text_a) == [Example(f"sentence {i}", None, i % 2) for i in range(3)]
-    assert sorted(e.text_a for e in sst2.eval["validation"]) == ["sentence 3", "sentence 4"]
-    stsb = glue.load("stsb", "tfds", glue_tfds_dir)
+    assert sorted(e.text_a for e in sst2.eval["validation"]) == ["sentence 3", "sentence 4", "sentence 5"]
+    stsb = glue.load("stsb", "tfds", tfds_dir)
     assert sorted((e.text_a, e.text_b, e.label) for e in stsb.train) == [(f"a {i}", f"b {i}", i / 2) for i in range(3)]
     assert all(isinstance(e.label, float) for e in stsb.train)
 
 
-def test_missing_tfds_dataset_names_the_fix(glue_tfds_dir):
+def test_xnli_from_tfds(tfds_dir):
+    config = classify_base_config("xnli")
+    config.update(data_source="tfds", data_dir=tfds_dir)
+    config.xnli.update(languages="fr,de", split="dev")
+    task = load_task("xnli", config, 0.05)
+    assert sorted(e.text_a for e in task.train) == ["p 0", "p 1", "p 2"]
+    assert sorted((e.text_a, e.text_b, e.label) for e in task.eval["dev_fr"]) == [("fr p0", "fr h0", 1),
+                                                                                  ("fr p1", "fr h1", 2)]
+    assert task.eval["dev_de"] == [Example("de p0", "de h0", 1)] and task.score_splits == ("dev_fr", "dev_de")
+
+
+def test_missing_tfds_dataset_names_the_fix(tfds_dir):
     with pytest.raises(MissingDataError, match=r"TFDS cannot open glue/rte split train .*--file_format=array_record"):
-        glue.load("rte", "tfds", glue_tfds_dir)
+        glue.load("rte", "tfds", tfds_dir)
 
 
 def test_xnli_tsv_by_language(tmp_path):

@@ -9,7 +9,7 @@ def classify_base_config(tasks: str) -> ml_collections.ConfigDict:
     c = downstream_base_config("classify")
     c.name = ""  # the row name in result tables; empty: the pretrained workdir's name
     c.tasks = tasks  # comma-separated task names, or glue (all nine GLUE tasks)
-    c.data_source = "tfds"  # GLUE (and XNLI's English train): tfds (glue/<task>, ArrayRecord) | tsv (GLUE layout)
+    c.data_source = "tfds"  # GLUE and XNLI: tfds (glue/<task>, xnli; ArrayRecord) | tsv (GLUE layout, XNLI-1.0)
     c.data_dir = ""  # TFDS data_dir, or the directory holding the GLUE task folders (CoLA/, SST-2/, ...)
     c.seq_len = 128
     c.pooling = "cls"  # cls | mean
@@ -28,7 +28,7 @@ def classify_base_config(tasks: str) -> ml_collections.ConfigDict:
     del c.optim["warmup_steps"]
 
     x = c.xnli = ml_collections.ConfigDict()
-    x.dir = ""  # XNLI-1.0 directory (xnli.dev.tsv, xnli.test.tsv)
+    x.dir = ""  # data_source=tsv: the XNLI-1.0 directory (xnli.dev.tsv, xnli.test.tsv); tfds reads `xnli`
     x.split = "test"  # dev | test
     x.languages = ""  # comma-separated subset; empty: all 15
 

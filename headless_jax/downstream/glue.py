@@ -117,7 +117,8 @@ def _parse_label(task: GlueTask, label: str, where: str) -> int | float:
     return task.labels.index(label)
 
 
-def read_tfds(task: GlueTask, name: str, split: str, data_dir: str) -> list[Example]:
+def tfds_records(name: str, split: str, data_dir: str) -> list[dict]:
+    """All records of a TFDS dataset split in ArrayRecord format (tfds.data_source: no TensorFlow)."""
     import tensorflow_datasets as tfds  # slow to import: only for TFDS tasks
 
     try:
@@ -127,15 +128,15 @@ def read_tfds(task: GlueTask, name: str, split: str, data_dir: str) -> list[Exam
         raise MissingDataError(f"TFDS cannot open {name} split {split} ({reason}); prepare it as ArrayRecord "
                                f"(tfds build {name} --file_format=array_record) and set --config.data_dir, or use "
                                "--config.data_source=tsv") from e
+    return [records[index] for index in range(len(records))]
+
+
+def read_tfds(task: GlueTask, name: str, split: str, data_dir: str) -> list[Example]:
     field_a, field_b = task.tfds_fields
     regression = not task.labels
-    examples = []
-    for index in range(len(records)):
-        record = records[index]
-        examples.append(Example(_text(record[field_a]), _text(record[field_b]) if field_b else None,
-                                float(record["label"]) if regression else int(record["label"])))
-    return examples
+    return [Example(text(r[field_a]), text(r[field_b]) if field_b else None,
+                    float(r["label"]) if regression else int(r["label"])) for r in tfds_records(name, split, data_dir)]
 
 
-def _text(value) -> str:
+def text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)

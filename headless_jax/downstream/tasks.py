@@ -43,7 +43,3 @@ def load_task(name: str, config: ml_collections.ConfigDict, heldout_fraction: fl
         return books.load(heldout_fraction, config.books)
     raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
 
-
-def truncate(examples: list[Example], max_examples: int) -> list[Example]:
-    """The first `max_examples` (0: all) — for quick runs on a slice of a large training set."""
-    return examples[:max_examples] if max_examples else examples

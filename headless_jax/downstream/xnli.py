@@ -1,8 +1,9 @@
-"""XNLI, zero-shot cross-lingual: fine-tune on English MultiNLI (GLUE MNLI train, TSV or TFDS), evaluate on
-every XNLI language, report the average.
+"""XNLI, zero-shot cross-lingual: fine-tune on English MultiNLI (GLUE MNLI train), evaluate on every XNLI
+language, report the average.
 
-The XNLI side reads the official XNLI-1.0 release (`<xnli_dir>/xnli.{dev,test}.tsv`: one file, a `language`
-column, the sentence pairs in `sentence1`/`sentence2`, the label in `gold_label`).
+data_source=tfds: `glue/mnli` and `xnli` from TFDS (data_dir). data_source=tsv: the GLUE MNLI folder under
+data_dir, and the official XNLI-1.0 release in xnli.dir (`xnli.{dev,test}.tsv`: one file, a `language` column,
+the pair in `sentence1`/`sentence2`, the label in `gold_label`).
 """
 import csv
 import sys
@@ -16,28 +17,45 @@ from headless_jax.downstream.tasks import Example, TaskData
 
 LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
 _LABELS = glue.GLUE_TASKS["mnli"].labels  # same three classes in the same order as MNLI
+_TFDS_SPLITS = {"dev": "validation", "test": "test"}
 
 
 def load(config: ml_collections.ConfigDict) -> TaskData:
-    """config: data_source / data_dir (the English MNLI train), xnli.dir, xnli.split (dev | test), xnli.languages."""
+    """config: data_source / data_dir, xnli.dir (TSV), xnli.split (dev | test), xnli.languages."""
     cfg = config.xnli
+    if cfg.split not in _TFDS_SPLITS:
+        raise ValueError(f"xnli.split={cfg.split!r}; use dev or test")
     mnli = glue.load("mnli", config.data_source, config.data_dir)
     languages = tuple(x.strip() for x in cfg.languages.split(",") if x.strip()) or LANGUAGES
     unknown = sorted(set(languages) - set(LANGUAGES))
     if unknown:
         raise ValueError(f"xnli.languages: {unknown} are not XNLI languages; use a subset of {LANGUAGES}")
-    by_language = read_tsv(xnli_file(cfg.dir, cfg.split))
+    if config.data_source == "tfds":
+        where = f"TFDS xnli split {_TFDS_SPLITS[cfg.split]}"
+        by_language = read_tfds(_TFDS_SPLITS[cfg.split], config.data_dir, languages)
+    else:
+        path = xnli_file(cfg.dir, cfg.split)
+        where, by_language = str(path), read_tsv(path)
     evals = {f"{cfg.split}_{language}": by_language.get(language, []) for language in languages}
     empty = [split for split, examples in evals.items() if not examples]
     if empty:
-        raise DataError(f"{xnli_file(cfg.dir, cfg.split)}: no examples for {empty}; check the file, or restrict "
-                        "--config.xnli.languages")
+        raise DataError(f"{where}: no examples for {empty}; check the data, or restrict --config.xnli.languages")
     return TaskData("xnli", "XNLI", len(_LABELS), ("accuracy",), mnli.train, evals, tuple(evals))
 
 
+def read_tfds(split: str, data_dir: str, languages: tuple[str, ...]) -> dict[str, list[Example]]:
+    """language -> examples of TFDS `xnli` (premise: one text per language; hypothesis: language/translation lists)."""
+    by_language: dict[str, list[Example]] = {language: [] for language in languages}
+    for record in glue.tfds_records("xnli", split, data_dir):
+        hypotheses = dict(zip(map(glue.text, record["hypothesis"]["language"]), record["hypothesis"]["translation"]))
+        for language in languages:
+            if language in hypotheses:
+                by_language[language].append(Example(glue.text(record["premise"][language]),
+                                                     glue.text(hypotheses[language]), int(record["label"])))
+    return by_language
+
+
 def xnli_file(directory: str, split: str) -> epath.Path:
-    if split not in ("dev", "test"):
-        raise ValueError(f"xnli.split={split!r}; use dev or test")
     if not directory:
         raise MissingDataError("the xnli task needs --config.xnli.dir: the XNLI-1.0 directory with xnli.dev.tsv and "
                                "xnli.test.tsv")
