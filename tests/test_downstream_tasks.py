@@ -159,7 +159,8 @@ def test_xnli_tsv_by_language(tmp_path):
     write_tsv(tmp_path / "XNLI/xnli.test.tsv", [header, ["fr", "neutral", "", "", "", "", "Il pleut.", "Il fait beau.",
                                                          "1", "2"],
                                                 ["de", "contradiction", "", "", "", "", "Ja.", "Nein.", "1", "3"]])
-    mnli = ["index", "promptID", "pairID", "genre", "a", "b", "c", "d", "sentence1", "sentence2", "label1", "gold_label"]
+    mnli = ["index", "promptID", "pairID", "genre", "a", "b", "c", "d", "sentence1", "sentence2", "label1",
+            "gold_label"]
     for name in ("train", "dev_matched", "dev_mismatched"):
         write_tsv(tmp_path / f"GLUE/MNLI/{name}.tsv", [mnli, ["0"] * 8 + ["P.", "H.", "x", "entailment"]])
     config = classify_base_config("xnli")

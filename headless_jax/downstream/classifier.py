@@ -73,7 +73,8 @@ def init_state(classifier: Classifier, optimizer: optax.GradientTransformation, 
 
     def state(body, rng):
         h_1xLxD = jnp.zeros((1, seq_len, classifier.model_cfg.d_model), jnp.float32)
-        head_params = nn.unbox(classification_head(classifier, parent=None).init(rng, h_1xLxD, batch["segment_ids"])["params"])
+        head = classification_head(classifier, parent=None)
+        head_params = nn.unbox(head.init(rng, h_1xLxD, batch["segment_ids"])["params"])
         # A copy: the train step donates its state, and the pretrained body must survive for the next seed.
         params = {"body": jax.tree.map(jnp.copy, body), "head": head_params}
         return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}

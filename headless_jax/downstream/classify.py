@@ -4,16 +4,16 @@ For every task and seed: the pretrained body + a fresh head, AdamW with linear w
 `epochs` passes of the training set, then the task's metrics on its eval splits. Results (seed means) go to
 `<workdir>/results.json` and `results.md`, rewritten after each task.
 """
+import jax
 import ml_collections
 import numpy as np
-import jax
 import tqdm
 from etils import epath
 
 from headless_jax.downstream import metrics, results
-from headless_jax.downstream.glue import GLUE_TASKS
 from headless_jax.downstream.classifier import Classifier, build_predict, class_weights, init_state, make_objective
 from headless_jax.downstream.encode import encode
+from headless_jax.downstream.glue import GLUE_TASKS
 from headless_jax.downstream.pretrained import Pretrained, load_pretrained
 from headless_jax.downstream.tasks import TaskData, load_task, task_names
 from headless_jax.train.optim import learning_rate_schedule, make_optimizer
@@ -23,7 +23,8 @@ from headless_jax.train.step import build_train_step
 
 def parse_tasks(spec: str) -> tuple[str, ...]:
     """'sst2,mrpc' or 'glue' (all nine GLUE tasks) → task names, checked."""
-    names = tuple(n for part in spec.split(",") for n in (tuple(GLUE_TASKS) if part.strip() == "glue" else (part.strip(),)) if n)
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    names = tuple(name for part in parts for name in (GLUE_TASKS if part == "glue" else (part,)))
     unknown = [n for n in names if n not in task_names()]
     if unknown or not names:
         problem = f"unknown task {unknown[0]!r}" if unknown else "no task given"
@@ -84,7 +85,8 @@ def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals:
                             config.dropout_rate)
     steps_per_epoch = len(train["labels"]) // config.batch_size
     num_steps = config.epochs * steps_per_epoch
-    opt_cfg = ml_collections.ConfigDict(dict(config.optim.to_dict(), warmup_steps=int(config.warmup_fraction * num_steps)))
+    warmup_steps = int(config.warmup_fraction * num_steps)
+    opt_cfg = ml_collections.ConfigDict(dict(config.optim.to_dict(), warmup_steps=warmup_steps))
     optimizer = make_optimizer(opt_cfg, num_steps)
     weights_C = class_weights(train["labels"], task.num_classes) if config.class_balanced and task.num_classes else None
     with jax.set_mesh(mesh):
