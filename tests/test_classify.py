@@ -4,15 +4,17 @@ import json
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from headless_jax.config import base_config
 from headless_jax.downstream import results
-from headless_jax.downstream.classifier import Classifier, class_weights, make_objective
+from headless_jax.downstream.classifier import Classifier, class_weights, init_state, make_objective
 from headless_jax.downstream.classify import parse_tasks, run
 from headless_jax.downstream.classify_config import classify_base_config
-from headless_jax.downstream.pretrained import PretrainedError
+from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
 from headless_jax.evaluate import RUNNERS, runner
+from headless_jax.train.sharding import axis_rules, make_mesh
 from test_configs import EXTRA_CONFIGS, load_config
 from test_pretrained import pretrain
 
@@ -45,7 +47,9 @@ def tiny_config(pretrained, data_dir) -> ml_collections.ConfigDict:
 
 def test_fine_tuning_beats_the_majority_class(encoder_run, tmp_path):
     easy_sst2(tmp_path / "glue")
-    summary = runner("classify")(tiny_config(encoder_run, tmp_path / "glue"), str(tmp_path / "out"))
+    config = tiny_config(encoder_run, tmp_path / "glue")
+    config.mesh.update(data=2, fsdp=2, tensor=2)  # not the data 2 × tensor 2 layout the run was saved from
+    summary = runner("classify")(config, str(tmp_path / "out"))
     saved = json.loads((tmp_path / "out" / results.RESULTS_JSON).read_text())
     accuracy = saved["tasks"]["sst2"]["splits"]["validation"]["accuracy"]
     assert len(accuracy["per_seed"]) == 2 and accuracy["mean"] == pytest.approx(np.mean(accuracy["per_seed"]))
@@ -54,6 +58,23 @@ def test_fine_tuning_beats_the_majority_class(encoder_run, tmp_path):
     assert saved["pretrained_step"] == 4 and saved["tasks"]["sst2"]["num_eval"] == {"validation": 40}
     table = (tmp_path / "out" / results.RESULTS_MD).read_text().splitlines()
     assert table[0] == "| Model | SST-2 | Avg. |" and table[2].startswith(f"| tiny | {100 * accuracy['mean']:.2f} |")
+
+
+def test_the_state_starts_from_the_pretrained_body(encoder_run):
+    config = tiny_config(encoder_run, "")
+    config.mesh.update(data=4, fsdp=2)
+    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
+    pretrained = load_pretrained(str(encoder_run), mesh, rules, causal=False)
+    classifier = Classifier(ml_collections.FrozenConfigDict(pretrained.config.model), 3, "cls", 0.1)
+    state, shardings = init_state(classifier, optax.adamw(1e-3), pretrained.params["body"], 16, 0, mesh, rules)
+    body, want = jax.tree_util.tree_leaves_with_path(state["params"]["body"]), jax.tree.leaves(pretrained.params["body"])
+    assert len(body) == len(want)
+    for (path, got), expected in zip(body, want):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), err_msg=str(path))
+        assert got.sharding == expected.sharding, path
+    head = state["params"]["head"]["classifier"]
+    assert head["kernel"].shape == (32, 3) and not np.asarray(head["bias"]).any()
+    assert jax.tree.structure(state) == jax.tree.structure(shardings)
 
 
 def test_a_decoder_checkpoint_is_refused(tmp_path):
@@ -84,14 +105,16 @@ def test_losses_match_numpy():
         batch["labels"] = labels
         if num_classes == 0:
             want = np.mean((out[:, 0] - labels) ** 2)
-            got, _ = make_objective(classifier, 0, None)(params, batch, jax.random.PRNGKey(0), True)
+            objective = jax.jit(make_objective(classifier, 0, None), static_argnums=3)
+            got, _ = objective(params, batch, jax.random.PRNGKey(0), True)
             assert float(got) == pytest.approx(want, rel=1e-5)
             continue
         nll = -(out - np.log(np.exp(out).sum(1, keepdims=True)))[np.arange(6), labels]
         weights = class_weights(labels, 3)
         np.testing.assert_allclose(weights, [6 / 3, 6 / 12, 6 / 3])  # N / (C · n_c) for counts 1, 4, 1
         for w, want in ((None, nll.mean()), (weights, (weights[labels] * nll).sum() / weights[labels].sum())):
-            got, _ = make_objective(classifier, 3, w)(params, batch, jax.random.PRNGKey(0), True)
+            objective = jax.jit(make_objective(classifier, 3, w), static_argnums=3)
+            got, _ = objective(params, batch, jax.random.PRNGKey(0), True)
             assert float(got) == pytest.approx(want, rel=1e-5)
 
 
