@@ -67,7 +67,8 @@ def test_the_state_starts_from_the_pretrained_body(encoder_run):
     pretrained = load_pretrained(str(encoder_run), mesh, rules, causal=False)
     classifier = Classifier(ml_collections.FrozenConfigDict(pretrained.config.model), 3, "cls", 0.1)
     state, shardings = init_state(classifier, optax.adamw(1e-3), pretrained.params["body"], 16, 0, mesh, rules)
-    body, want = jax.tree_util.tree_leaves_with_path(state["params"]["body"]), jax.tree.leaves(pretrained.params["body"])
+    body = jax.tree_util.tree_leaves_with_path(state["params"]["body"])
+    want = jax.tree.leaves(pretrained.params["body"])
     assert len(body) == len(want)
     for (path, got), expected in zip(body, want):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), err_msg=str(path))
