@@ -1,5 +1,7 @@
 """Fine-tuning a tiny pretrained encoder end to end (TSV task → results files), the loss against NumPy, errors."""
 import json
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -16,7 +18,7 @@ from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
 from headless_jax.evaluate import RUNNERS, runner
 from headless_jax.train.sharding import axis_rules, make_mesh
 from test_configs import EXTRA_CONFIGS, load_config
-from test_pretrained import pretrain
+from test_pretrained import ROOT, pretrain
 
 CLASS_0_WORDS, CLASS_1_WORDS = ("the", "of", "and", "to"), ("she", "her", "was", "had")
 
@@ -139,3 +141,17 @@ def test_downstream_configs_name_known_tasks(name):
         config = load_config(name, arg)
         assert config.kind in RUNNERS and parse_tasks(config.tasks)
     assert parse_tasks(load_config("glue", "rte,mrpc").tasks) == ("rte", "mrpc")
+
+
+def test_results_command_combines_json_files(tmp_path):
+    for model, score in (("headless", 61.0), ("classical", 55.5)):
+        run_result = {"model": model, "tasks": {"books": {"title": "Books", "score": score}}}
+        (tmp_path / f"{model}.json").write_text(json.dumps(run_result))
+    command = [sys.executable, "-m", "headless_jax.downstream.results", str(tmp_path / "headless.json"),
+               str(tmp_path / "classical.json"), f"--out={tmp_path / 'table.md'}"]
+    printed = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=120).stdout
+    assert printed == (tmp_path / "table.md").read_text() == (
+        "| Model | Books | Avg. |\n|---|---|---|\n| headless | 61.00 | 61.00 |\n| classical | 55.50 | 55.50 |\n")
+    missing = subprocess.run(command[:3] + [str(tmp_path / "nope.json")], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode != 0 and "nope.json: no such file" in missing.stderr
