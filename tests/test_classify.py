@@ -60,6 +60,8 @@ def test_fine_tuning_beats_the_majority_class(encoder_run, tmp_path):
     assert saved["pretrained_step"] == 4 and saved["tasks"]["sst2"]["num_eval"] == {"validation": 40}
     table = (tmp_path / "out" / results.RESULTS_MD).read_text().splitlines()
     assert table[0] == "| Model | SST-2 | Avg. |" and table[2].startswith(f"| tiny | {100 * accuracy['mean']:.2f} |")
+    assert table[-1] == (f"| SST-2 | validation | accuracy | {100 * accuracy['mean']:.2f} | "
+                         f"{100 * np.std(accuracy['per_seed']):.2f} |")
 
 
 def test_the_state_starts_from_the_pretrained_body(encoder_run):

@@ -32,7 +32,7 @@ def write(workdir: epath.PathLike, results: dict) -> None:
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / RESULTS_JSON).write_text(json.dumps(results, indent=2, sort_keys=True))
-    (workdir / RESULTS_MD).write_text(markdown_table([results]))
+    (workdir / RESULTS_MD).write_text(markdown_table([results]) + "\n" + details_table(results))
 
 
 def markdown_table(runs: list[dict]) -> str:
@@ -52,6 +52,16 @@ def markdown_table(runs: list[dict]) -> str:
         cells = [f"{s:.2f}" if s is not None else "–" for s in scores]
         average = np.mean([s for s in scores if s is not None])
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {average:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def details_table(run: dict) -> str:
+    """Every task's metrics per eval split (e.g. each XNLI language), seed mean ± std, ×100."""
+    lines = ["| Task | Split | Metric | Mean | Std |", "|---|---|---|---|---|"]
+    for task in run["tasks"].values():
+        for split, split_metrics in task["splits"].items():
+            lines += [f"| {task['title']} | {split} | {metric} | {100 * m['mean']:.2f} | {100 * m['std']:.2f} |"
+                      for metric, m in split_metrics.items()]
     return "\n".join(lines) + "\n"
 
 
