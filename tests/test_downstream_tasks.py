@@ -202,6 +202,7 @@ def test_books_task_uses_only_heldout_text_balanced_and_deterministic():
 def test_encoding_pairs_and_truncation(tmp_path):
     assert truncate_pair([1, 2, 3, 4], [5, 6], 4) == ([1, 2], [5, 6])
     assert truncate_pair([1, 2], [5, 6, 7, 8, 9], 4) == ([1, 2], [5, 6])
+    assert truncate_pair([1, 2, 3], [5, 6, 7], 5) == ([1, 2, 3], [5, 6])  # a tie shortens the second
     tokenizer = tiny_tokenizer(tmp_path)
     a, b = "It is a truth universally acknowledged", "that a single man"
     pair = encode(tokenizer, [Example(a, b, 1)], 64)

@@ -14,7 +14,7 @@ def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], l
     """Drops tokens from the end of the longer of `a`, `b` until len(a) + len(b) <= budget."""
     a, b = list(a), list(b)
     while len(a) + len(b) > budget:
-        (a if len(a) >= len(b) else b).pop()
+        (a if len(a) > len(b) else b).pop()  # BERT: ties shorten the second
     return a, b
 
 
