@@ -12,7 +12,7 @@ import pytest
 from headless_jax.config import base_config
 from headless_jax.downstream import results
 from headless_jax.downstream.classifier import Classifier, class_weights, init_state, make_objective
-from headless_jax.downstream.classify import parse_tasks, run
+from headless_jax.downstream.classify import finetune_optimizer, parse_tasks, run
 from headless_jax.downstream.classify_config import classify_base_config
 from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
 from headless_jax.evaluate import RUNNERS, runner
@@ -80,6 +80,20 @@ def test_the_state_starts_from_the_pretrained_body(encoder_run):
     head = state["params"]["head"]["classifier"]
     assert head["kernel"].shape == (32, 3) and not np.asarray(head["bias"]).any()
     assert jax.tree.structure(state) == jax.tree.structure(shardings)
+
+
+@pytest.mark.parametrize("freeze_body", [False, True])
+def test_the_optimizer_warms_up_and_a_linear_probe_freezes_the_body(freeze_body):
+    config = classify_base_config("sst2")
+    config.update(freeze_body=freeze_body, warmup_fraction=0.25)
+    optimizer, schedule = finetune_optimizer(config, num_steps=8)
+    assert float(schedule(0)) == 0.0 and float(schedule(2)) == pytest.approx(config.optim.learning_rate)
+    params = {"body": {"layer": {"kernel": np.ones((2, 2), np.float32)}}, "head": {"kernel": np.ones(2, np.float32)}}
+    state = optimizer.init(params)
+    for _ in range(2):  # the first step has learning rate 0 (warmup)
+        updates, state = optimizer.update(params, state, params)  # gradients = params: none is zero
+    assert np.asarray(updates["head"]["kernel"]).any()
+    assert np.asarray(updates["body"]["layer"]["kernel"]).any() != freeze_body
 
 
 def test_a_decoder_checkpoint_is_refused(tmp_path):

@@ -7,6 +7,7 @@ For every task and seed: the pretrained body + a fresh head, AdamW with linear w
 import jax
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 from etils import epath
 
@@ -85,15 +86,13 @@ def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals:
                             config.dropout_rate)
     steps_per_epoch = len(train["labels"]) // config.batch_size
     num_steps = config.epochs * steps_per_epoch
-    warmup_steps = int(config.warmup_fraction * num_steps)
-    opt_cfg = ml_collections.ConfigDict(dict(config.optim.to_dict(), warmup_steps=warmup_steps))
-    optimizer = make_optimizer(opt_cfg, num_steps)
+    optimizer, schedule = finetune_optimizer(config, num_steps)
     weights_C = class_weights(train["labels"], task.num_classes) if config.class_balanced and task.num_classes else None
     with jax.set_mesh(mesh):
         state, shardings = init_state(classifier, optimizer, pretrained.params["body"], config.seq_len, seed, mesh,
                                       rules)
-        train_step = build_train_step(make_objective(classifier, task.num_classes, weights_C), optimizer,
-                                      learning_rate_schedule(opt_cfg, num_steps), shardings, mesh)
+        train_step = build_train_step(make_objective(classifier, task.num_classes, weights_C), optimizer, schedule,
+                                      shardings, mesh)
         predict = build_predict(classifier, shardings["params"], mesh)
         order_rng = np.random.default_rng(seed)
         bar = tqdm.tqdm(total=num_steps, desc=f"{task.name} seed {seed}", disable=jax.process_index() != 0,
@@ -108,6 +107,18 @@ def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals:
         bar.close()
         return {split: evaluate(predict, state["params"], data, task, config.eval_batch_size, mesh)
                 for split, data in evals.items()}
+
+
+def finetune_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW (train/optim.py) with warmup over the first warmup_fraction of `num_steps`; with freeze_body, a
+    linear probe: only the head learns, the body gets no update and no weight decay."""
+    warmup_steps = int(config.warmup_fraction * num_steps)
+    opt_cfg = ml_collections.ConfigDict(dict(config.optim.to_dict(), warmup_steps=warmup_steps))
+    optimizer = make_optimizer(opt_cfg, num_steps)
+    if config.freeze_body:
+        optimizer = optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()},
+                                          {"body": "freeze", "head": "train"})
+    return optimizer, learning_rate_schedule(opt_cfg, num_steps)
 
 
 def evaluate(predict, params, data: dict, task: TaskData, batch_size: int, mesh) -> dict[str, float]:
