@@ -1,0 +1,144 @@
+"""Sequence-classification fine-tuning of a pretrained encoder (`kind: classify`): GLUE, XNLI, books.
+
+For every task and seed: the pretrained body + a fresh head, AdamW with linear warmup/decay over
+`epochs` passes of the training set, then the task's metrics on its eval splits. Results (seed means) go to
+`<workdir>/results.json` and `results.md`, rewritten after each task.
+"""
+import jax
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from etils import epath
+
+from headless_jax.downstream import metrics, results
+from headless_jax.downstream.classifier import Classifier, build_predict, class_weights, init_state, make_objective
+from headless_jax.downstream.encode import encode
+from headless_jax.downstream.glue import GLUE_TASKS
+from headless_jax.downstream.pretrained import Pretrained, load_pretrained
+from headless_jax.downstream.tasks import TaskData, load_task, task_names
+from headless_jax.train.optim import learning_rate_schedule, make_optimizer
+from headless_jax.train.sharding import axis_rules, batch_shards, global_batch, make_mesh
+from headless_jax.train.step import build_train_step
+
+
+def parse_tasks(spec: str) -> tuple[str, ...]:
+    """'sst2,mrpc' or 'glue' (all nine GLUE tasks) → task names, checked."""
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    names = tuple(name for part in parts for name in (GLUE_TASKS if part == "glue" else (part,)))
+    unknown = [n for n in names if n not in task_names()]
+    if unknown or not names:
+        problem = f"unknown task {unknown[0]!r}" if unknown else "no task given"
+        raise ValueError(f"tasks={spec!r}: {problem}; known tasks: {', '.join(task_names())} (or glue for all GLUE "
+                         "tasks)")
+    return names
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    names = parse_tasks(config.tasks)
+    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
+    pretrained = load_pretrained(config.pretrained, mesh, rules, config.pretrained_step, config.tokenizer_model,
+                                 causal=False)
+    _check_shapes(config, pretrained, mesh)
+    report = {"model": config.name or epath.Path(config.pretrained).name, "pretrained": config.pretrained,
+              "pretrained_step": pretrained.step, "config": config.to_dict(), "tasks": {}}
+    for name in names:
+        task = load_task(name, config, pretrained.config.data.heldout_fraction)
+        report["tasks"][name] = finetune_task(task, pretrained, config, mesh, rules)
+        if jax.process_index() == 0:
+            results.write(workdir, report)
+    return {"model": report["model"], **{name: task["score"] for name, task in report["tasks"].items()}}
+
+
+def _check_shapes(config, pretrained: Pretrained, mesh) -> None:
+    model = pretrained.config.model
+    if model.positions == "learned" and config.seq_len > model.max_len:
+        raise ValueError(f"seq_len={config.seq_len} exceeds the pretrained model's position table "
+                         f"(model.max_len={model.max_len}); set --config.seq_len={model.max_len} or less")
+    shards = batch_shards(mesh)
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] % shards:
+            raise ValueError(f"{key}={config[key]} must be a multiple of the mesh's {shards} batch shards "
+                             "(data × fsdp)")
+
+
+def finetune_task(task: TaskData, pretrained: Pretrained, config, mesh, rules) -> dict:
+    """Fine-tunes once per seed; returns the task's summary (seed means, per-seed values, table score)."""
+    train_examples = task.train[:config.max_train_examples] if config.max_train_examples else task.train
+    train = encode(pretrained.tokenizer, train_examples, config.seq_len)
+    evals = {split: encode(pretrained.tokenizer, examples, config.seq_len) for split, examples in task.eval.items()}
+    if len(train["labels"]) < config.batch_size:
+        raise ValueError(f"task {task.name}: {len(train['labels'])} training examples, fewer than "
+                         f"batch_size={config.batch_size}; lower --config.batch_size")
+    seeds = [config.seed + i for i in range(config.num_seeds)]
+    per_seed = [finetune(task, pretrained, config, train, evals, seed, mesh, rules) for seed in seeds]
+    return {"title": task.title, "metrics": list(task.metrics), "seeds": seeds, "num_train": len(train["labels"]),
+            "num_eval": {split: len(e["labels"]) for split, e in evals.items()},
+            **results.summarize(per_seed, task.score_splits)}
+
+
+def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals: dict, seed: int, mesh,
+             rules) -> dict[str, dict[str, float]]:
+    """One seed: fine-tunes and returns {eval split: {metric: value}} after the last epoch."""
+    model_cfg = ml_collections.ConfigDict(pretrained.config.model)
+    model_cfg.dropout_rate = config.body_dropout_rate
+    classifier = Classifier(ml_collections.FrozenConfigDict(model_cfg), task.num_classes or 1, config.pooling,
+                            config.dropout_rate)
+    steps_per_epoch = len(train["labels"]) // config.batch_size
+    num_steps = config.epochs * steps_per_epoch
+    optimizer, schedule = finetune_optimizer(config, num_steps)
+    weights_C = class_weights(train["labels"], task.num_classes) if config.class_balanced and task.num_classes else None
+    with jax.set_mesh(mesh):
+        state, shardings = init_state(classifier, optimizer, pretrained.params["body"], config.seq_len, seed, mesh,
+                                      rules)
+        train_step = build_train_step(make_objective(classifier, task.num_classes, weights_C), optimizer, schedule,
+                                      shardings, mesh)
+        predict = build_predict(classifier, shardings["params"], mesh)
+        order_rng = np.random.default_rng(seed)
+        bar = tqdm.tqdm(total=num_steps, desc=f"{task.name} seed {seed}", disable=jax.process_index() != 0,
+                        dynamic_ncols=True)
+        for _ in range(config.epochs):
+            order = order_rng.permutation(len(train["labels"]))
+            for step in range(steps_per_epoch):
+                rows = order[step * config.batch_size:(step + 1) * config.batch_size]
+                state, step_metrics = train_step(state, global_batch(_process_rows(_take(train, rows)), mesh))
+                bar.update()
+            bar.set_postfix(loss=f"{float(step_metrics['loss']):.4f}")
+        bar.close()
+        return {split: evaluate(predict, state["params"], data, task, config.eval_batch_size, mesh)
+                for split, data in evals.items()}
+
+
+def finetune_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW (train/optim.py) with warmup over the first warmup_fraction of `num_steps`; with freeze_body, a
+    linear probe: only the head learns, the body gets no update and no weight decay."""
+    warmup_steps = int(config.warmup_fraction * num_steps)
+    opt_cfg = ml_collections.ConfigDict(dict(config.optim.to_dict(), warmup_steps=warmup_steps))
+    optimizer = make_optimizer(opt_cfg, num_steps)
+    if config.freeze_body:
+        optimizer = optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()},
+                                          {"body": "freeze", "head": "train"})
+    return optimizer, learning_rate_schedule(opt_cfg, num_steps)
+
+
+def evaluate(predict, params, data: dict, task: TaskData, batch_size: int, mesh) -> dict[str, float]:
+    """The task's metrics over all of `data` (the last batch is padded, its padding rows dropped)."""
+    n = len(data["labels"])
+    outputs = []
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, start + batch_size) % n  # padding repeats rows; they are cut below
+        batch = _take({k: v for k, v in data.items() if k != "labels"}, rows)
+        outputs.append(np.asarray(predict(params, global_batch(_process_rows(batch), mesh))))
+    out_NxC = np.concatenate(outputs)[:n]
+    predictions = out_NxC[:, 0] if task.num_classes == 0 else out_NxC.argmax(-1)
+    return metrics.compute(task.metrics, predictions, data["labels"])
+
+
+def _take(arrays: dict, rows: np.ndarray) -> dict:
+    return {k: v[rows] for k, v in arrays.items()}
+
+
+def _process_rows(batch: dict) -> dict:
+    """This process's contiguous share of a global batch (meshes order devices, hence batch shards, by process)."""
+    count, index = jax.process_count(), jax.process_index()
+    return {k: np.split(v, count)[index] for k, v in batch.items()}
