@@ -19,7 +19,7 @@ from headless_jax.validate import ConfigError, validate_config
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 TWIN_ARGS = {"demo": [None, "ce", "cwt+ce"], "clm_demo": [None, "ce"], "bert_base": [None, "ce"],
              "pythia70m": [None, "ce"], "multilingual": [None, "ce"], "vocab_study": [None, "ce,200000"],
-             "batch_study": [None, "ce,256"]}
+             "batch_study": [None, "ce,256"], "lm_head": [None]}
 
 
 def load_config(name: str, arg: str | None):
@@ -34,7 +34,7 @@ def test_every_config_file_is_covered():
     assert names <= set(TWIN_ARGS) | set(EXTRA_CONFIGS), names - set(TWIN_ARGS)
 
 
-EXTRA_CONFIGS: dict[str, list] = {}  # configs of later features register here with their args
+EXTRA_CONFIGS: dict[str, list] = {"lm_eval": [None, "lambada"]}  # configs of later features, with their args
 
 
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in TWIN_ARGS.items() for a in args])
