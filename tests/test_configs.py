@@ -82,6 +82,7 @@ def tiny() -> ml_collections.ConfigDict:
     (lambda c: c.objective.update(cwt_group_size=3), "does not divide the 16 sequences"),
     (lambda c: c.objective.update(mask_rate=0.001), "mask rate"),
     (lambda c: c.mesh.update(axis_rules=(("batch", "pipeline"),)), "unknown mesh axis 'pipeline'"),
+    (lambda c: c.train.update(trainable="head"), "model.head='none' has no parameters of its own"),
 ])
 def test_config_errors_name_the_fix(change, message):
     config = tiny()

@@ -1,8 +1,9 @@
 """Causal-LM evaluation: perplexity windows and counting, last-word accuracy, the runner on a tiny decoder."""
+import dataclasses
 import json
 import os
 
-import jax
+import ml_collections
 import numpy as np
 import pytest
 from scipy.special import logsumexp
@@ -11,10 +12,10 @@ from headless_jax.config import base_config
 from headless_jax.data import parse_sources
 from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE, Tokenizer, train_sentencepiece
 from headless_jax.downstream.lm_eval import (RESULTS_FILE, last_word_accuracy, model_scorer, perplexity, read_texts,
-                                             run)
-from headless_jax.downstream.lm_rows import last_word_row, last_word_start, perplexity_rows
+                                             run, token_pieces)
+from headless_jax.downstream.lm_rows import last_word_row, last_word_start, paragraph_passages, perplexity_rows
 from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
-from headless_jax.model import embedding_matrix
+from headless_jax.model import LanguageModel, embedding_matrix
 from headless_jax.train.sharding import axis_rules, make_mesh
 from lm_helpers import book_text, load_config, tiny_run
 
@@ -76,18 +77,13 @@ def test_perplexity_is_exp_mean_nll_across_windows_in_float64(tokenizer):
 
 def test_last_word_tokens_cover_exactly_the_word(tokenizer):
     passage = "She said that the weather was extraordinary"
-    row = last_word_row(eval_pieces(tokenizer, passage), passage, tokenizer.eos_id, 32)
+    row = last_word_row(token_pieces(tokenizer, passage), passage, tokenizer.eos_id, 32)
     word_tokens = row.tokens[row.first + 1:row.last + 1]
     assert len(word_tokens) > 1 and tokenizer.decode(word_tokens).strip() == "extraordinary"
     assert tokenizer.decode(row.tokens[1:row.first + 1]).strip() == "She said that the weather was"
-    short = last_word_row(eval_pieces(tokenizer, passage), passage, tokenizer.eos_id, len(word_tokens) + 1)
+    short = last_word_row(token_pieces(tokenizer, passage), passage, tokenizer.eos_id, len(word_tokens) + 1)
     assert short.tokens[short.first + 1:] == word_tokens and short.first == 0  # context cut from the left
-    assert last_word_row(eval_pieces(tokenizer, passage), passage, tokenizer.eos_id, len(word_tokens)) is None
-
-
-def eval_pieces(tokenizer, text):
-    from headless_jax.downstream.lm_eval import _pieces
-    return _pieces(tokenizer, text)
+    assert last_word_row(token_pieces(tokenizer, passage), passage, tokenizer.eos_id, len(word_tokens)) is None
 
 
 def greedy_word_is_right(argmax_of_V: np.ndarray, context: list[int], word: list[int]) -> bool:
@@ -104,7 +100,7 @@ def test_last_word_accuracy_equals_greedy_decoding(tokenizer):
     logits_VxV = rng.normal(size=(VOCAB, VOCAB))
     spans = []
     for passage in passages:
-        row = last_word_row(eval_pieces(tokenizer, passage), passage, tokenizer.eos_id, 64)
+        row = last_word_row(token_pieces(tokenizer, passage), passage, tokenizer.eos_id, 64)
         spans.append((row.tokens[:row.first + 1], row.tokens[row.first + 1:row.last + 1]))
     # Teach the bigram model passage 0's word, and passage 1's word except its last token.
     for index, keep in ((0, None), (1, -1)):
@@ -123,6 +119,12 @@ def test_jsonl_passages_and_their_last_words():
     texts = read_texts(f"jsonl:{FIXTURE}", 0.0)
     assert len(texts) == 4 and texts[1].startswith("The captain checked")
     assert [t[last_word_start(t):] for t in texts] == ["sky", "again", "marriage", "Frederick"]
+
+
+def test_paragraph_passages_end_on_a_word_and_skip_short_paragraphs():
+    text = "Short one.\n\n\u201cWell,\n said he, I shall go to\n  London!\u201d\n\nAnd she was glad of it, truly"
+    assert paragraph_passages(text, min_words=5) == ["\u201cWell, said he, I shall go to London",
+                                                     "And she was glad of it, truly"]
 
 
 def load(workdir, **kwargs):
@@ -202,3 +204,22 @@ def test_another_tokenizer_is_refused(decoder_run, tokenizer, tmp_path):
     config.update(pretrained=str(decoder_run), tokenizer_model=str(other))
     with pytest.raises(PretrainedError, match="is not the tokenizer"):
         run(config, str(tmp_path / "eval"))
+
+
+def test_a_head_copied_from_e_scores_exactly_like_o_dot_e(decoder_run):
+    """The LM-head phase starts from the headless model's own language model: head = E gives the same scores."""
+    pretrained, mesh, rules = load(decoder_run)
+    config = pretrained.config.copy_and_resolve_references()
+    config.model.head = "untied"
+    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
+    params = dict(pretrained.params, head={"decoder": embedding_matrix(pretrained.params)})
+    shardings = dict(pretrained.param_shardings, head={"decoder": pretrained.param_shardings["body"]["embed"]["embedding"]})
+    with_head = dataclasses.replace(pretrained, config=config, model=model, params=params, param_shardings=shardings)
+    tokens = np.array([pretrained.tokenizer.encode("It was the best of times, it was the worst of times.")[:32]] * 8,
+                      np.int32)
+    batch = {"tokens": tokens, "segment_ids": np.ones_like(tokens),
+             "positions": np.tile(np.arange(tokens.shape[1], dtype=np.int32), (8, 1))}
+    headless_logprob, headless_argmax = model_scorer(pretrained, mesh, rules, 0)(batch)
+    head_logprob, head_argmax = model_scorer(with_head, mesh, rules, 0)(batch)
+    np.testing.assert_allclose(head_logprob, headless_logprob, rtol=1e-6)
+    np.testing.assert_array_equal(head_argmax, headless_argmax)

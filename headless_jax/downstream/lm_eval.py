@@ -40,12 +40,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pretrained = load_pretrained(config.pretrained, mesh, rules, config.pretrained_step, config.tokenizer_model,
                                  causal=True)
     seq_len = config.seq_len or pretrained.config.data.seq_len
+    model_config, (p, w) = pretrained.config.model, (config.perplexity, config.last_word)
+    if model_config.positions == "learned" and seq_len > model_config.max_len:
+        raise ValueError(f"seq_len={seq_len} exceeds the run's learned position table ({model_config.max_len}); set "
+                         f"--config.seq_len={model_config.max_len} or less")
+    if w.sources and w.passages not in PASSAGES:
+        raise ValueError(f"last_word.passages={w.passages!r} is not one of {PASSAGES}")
     scorer = model_scorer(pretrained, mesh, rules, config.vocab_chunk)
     heldout_fraction = pretrained.config.data.heldout_fraction
     batch_size = -(-config.batch_size // batch_shards(mesh)) * batch_shards(mesh)
     results = {"pretrained": config.pretrained, "step": pretrained.step, "seq_len": seq_len,
-               "scoring": "o·Eᵀ (headless)" if pretrained.config.model.head == "none" else "vocabulary head"}
-    p, w = config.perplexity, config.last_word
+               "scoring": "o·Eᵀ (headless)" if model_config.head == "none" else "vocabulary head"}
     if p.sources:
         texts = read_texts(p.sources, heldout_fraction if p.heldout else 0.0)
         results["perplexity"] = dict(perplexity(scorer, pretrained.tokenizer, texts, seq_len,
@@ -53,9 +58,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      heldout=p.heldout)
     if w.sources:
         texts = read_texts(w.sources, heldout_fraction if w.heldout else 0.0)
-        if w.passages not in PASSAGES:
-            raise ValueError(f"last_word.passages={w.passages!r} is not one of {PASSAGES}")
-        passages = ([p for text in texts for p in paragraph_passages(text, w.min_words)]
+        passages = ([passage for text in texts for passage in paragraph_passages(text, w.min_words)]
                     if w.passages == "paragraphs" else [text for text in texts if text.strip()])
         results["last_word"] = dict(last_word_accuracy(scorer, pretrained.tokenizer, passages, seq_len, batch_size),
                                     sources=w.sources, heldout=w.heldout, passages_from=w.passages)
@@ -92,7 +95,7 @@ def perplexity(scorer: Scorer, tokenizer: Tokenizer, texts: list[str], seq_len: 
 def last_word_accuracy(scorer: Scorer, tokenizer: Tokenizer, passages: list[str], seq_len: int,
                        batch_size: int) -> dict:
     """The share of passages whose last word the model predicts greedily from the text before it."""
-    rows = [last_word_row(_pieces(tokenizer, passage), passage, tokenizer.eos_id, seq_len) for passage in passages]
+    rows = [last_word_row(token_pieces(tokenizer, passage), passage, tokenizer.eos_id, seq_len) for passage in passages]
     scored = [row for row in rows if row is not None]
     if not scored:
         raise ValueError("last_word: no passage with a last word that fits seq_len; point last_word.sources at "
@@ -152,7 +155,7 @@ def model_scorer(pretrained: Pretrained, mesh: jax.sharding.Mesh, rules, vocab_c
     return scorer
 
 
-def _pieces(tokenizer: Tokenizer, text: str) -> list[tuple[int, int, int]]:
+def token_pieces(tokenizer: Tokenizer, text: str) -> list[tuple[int, int, int]]:
     """(id, begin byte, end byte) of each token of `text`."""
     encoded = tokenizer.processor.encode(text.rstrip(), return_type="proto")
     return [(piece.id, piece.begin, piece.end) for piece in encoded.pieces]
