@@ -19,8 +19,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from headless_jax.data import Tokenizer, parse_sources
-from headless_jax.downstream.lm_rows import (Row, heldout_text, last_word_row, paragraph_passages,
-                                             perplexity_rows)
+from headless_jax.data.split import split_document
+from headless_jax.downstream.lm_rows import Row, last_word_row, paragraph_passages, perplexity_rows
 from headless_jax.downstream.pretrained import Pretrained, load_pretrained
 from headless_jax.model import embedding_matrix
 from headless_jax.objectives import vocab_stats
@@ -72,7 +72,7 @@ def read_texts(sources: str, heldout_fraction: float) -> list[str]:
     """The documents of a data.sources-style spec (embedded | text: | jsonl: | tfds:), or with heldout_fraction
     > 0 their held-out tails (the text a pretraining run with that fraction never trained on)."""
     documents: Iterator[str] = (doc for source in parse_sources(sources) for doc in source.documents())
-    return [heldout_text(doc, heldout_fraction) if heldout_fraction > 0 else doc for doc in documents]
+    return [split_document(doc, heldout_fraction)[1] if heldout_fraction > 0 else doc for doc in documents]
 
 
 def perplexity(scorer: Scorer, tokenizer: Tokenizer, texts: list[str], seq_len: int, stride: int,

@@ -7,8 +7,6 @@ each document after the previous one's eos — so that its first token is scored
 import dataclasses
 import re
 
-from headless_jax.data.split import split_document
-
 _TRAILING_NON_WORD = re.compile(r"[\W_]+$")
 
 
@@ -42,7 +40,8 @@ def last_word_start(text: str) -> int:
     stripped = text.rstrip()
     start = max(stripped.rfind(c) for c in " \t\n\r") + 1
     if start == 0 or start == len(stripped):
-        raise ValueError(f"no context before a last word in {text[:60]!r}")
+        raise ValueError(f"last word: {text[:60]!r} has no words before its last word; every passage needs a "
+                         "context")
     return start
 
 
@@ -62,11 +61,6 @@ def last_word_row(pieces: list[tuple[int, int, int]], text: str, eos_id: int, se
     if first_target - begin < 1:
         return None
     return Row(tokens[begin:], first_target - 1 - begin, len(tokens) - 1 - begin)
-
-
-def heldout_text(document: str, heldout_fraction: float) -> str:
-    """The tail of `document` a pretraining run with this data.heldout_fraction never trained on."""
-    return split_document(document, heldout_fraction)[1]
 
 
 def paragraph_passages(text: str, min_words: int) -> list[str]:
