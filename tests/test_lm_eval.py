@@ -123,7 +123,7 @@ def test_jsonl_passages_and_their_last_words():
 
 def test_paragraph_passages_end_on_a_word_and_skip_short_paragraphs():
     text = "Short one.\n\n\u201cWell,\n said he, I shall go to\n  London!\u201d\n\nAnd she was glad of it, truly"
-    assert paragraph_passages(text, min_words=5) == ["\u201cWell, said he, I shall go to London",
+    assert paragraph_passages(text, min_words=5) == ["\u201cWell,\n said he, I shall go to\n  London",
                                                      "And she was glad of it, truly"]
 
 

@@ -65,10 +65,11 @@ def last_word_row(pieces: list[tuple[int, int, int]], text: str, eos_id: int, se
 
 def paragraph_passages(text: str, min_words: int) -> list[str]:
     """LAMBADA-style passages from running text: paragraphs of at least `min_words` words, cut after their last
-    word (closing punctuation and quotes removed, so that the target is a word)."""
+    word (closing punctuation and quotes removed, so that the target is a word). Line breaks inside a paragraph
+    stay: joining hard-wrapped lines would make passages unlike the text the model was trained on."""
     passages = []
     for paragraph in re.split(r"\n\s*\n", text):
-        passage = _TRAILING_NON_WORD.sub("", " ".join(paragraph.split()))
+        passage = _TRAILING_NON_WORD.sub("", paragraph.strip())
         if len(passage.split()) >= min_words:
             passages.append(passage)
     return passages
