@@ -3,7 +3,8 @@
 `python -m headless_jax.evaluate --config=configs/lm_eval.py --workdir=DIR --config.pretrained=RUN` scores the
 held-out tails of the bundled novels offline (perplexity; last words of their paragraphs).
 `configs/lm_eval.py:lambada` scores TFDS `lambada` (test split, prepared as ArrayRecord) instead; any
-`jsonl:FILE` of {"text": ...} passages works too: `--config.last_word.sources=jsonl:FILE --config.last_word.heldout=False`.
+`jsonl:FILE` of {"text": ...} passages works too:
+`--config.last_word.sources=jsonl:FILE --config.last_word.heldout=False --config.last_word.passages=documents`.
 """
 import ml_collections
 
@@ -17,7 +18,7 @@ def get_config(task: str | None = None):
     c.vocab_chunk = 4096  # vocabulary rows scored at a time: [rows·L, chunk] logits at most
 
     p = c.perplexity = ml_collections.ConfigDict()
-    p.sources = "embedded"  # data.sources-style spec (embedded | text:GLOB | jsonl:GLOB?field=text | tfds:...); "" skips
+    p.sources = "embedded"  # as data.sources: embedded | text:GLOB | jsonl:GLOB?field=text | tfds:...; "" skips
     p.heldout = True  # only each document's held-out tail (the pretraining run's data.heldout_fraction)
     p.stride = 0  # new tokens per window after the first; 0: seq_len // 2 (the rest is extra context)
 
@@ -31,5 +32,6 @@ def get_config(task: str | None = None):
         p.sources = ""
         w.update(sources="tfds:lambada?split=test&field=passage", heldout=False, passages="documents")
     elif task:
-        raise ValueError(f"configs/lm_eval.py:{task}: unknown task; use configs/lm_eval.py or configs/lm_eval.py:lambada")
+        raise ValueError(f"configs/lm_eval.py:{task}: unknown task; use configs/lm_eval.py or "
+                         "configs/lm_eval.py:lambada")
     return c

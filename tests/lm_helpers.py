@@ -1,18 +1,7 @@
 """Tiny in-process pretraining runs for the LM-head and LM-evaluation tests (8 fake devices, seconds each)."""
-import importlib.util
-import os
-
 from headless_jax.data import book_names, read_book
 from headless_jax.train.loop import train
-
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
-
-
-def load_config(name: str, *args: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIG_DIR, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
+from test_configs import load_config
 
 
 def book_text(directory) -> str:
@@ -33,10 +22,7 @@ def shrink(config, text: str, steps: int):
     return config
 
 
-def tiny_run(workdir, text: str, config_name: str = "clm_demo", steps: int = 2, *args: str, change=None):
-    """Trains a shrunk `configs/<config_name>.py` in-process into `workdir` (after `change(config)`)."""
-    config = shrink(load_config(config_name, *args), text, steps)
-    if change:
-        change(config)
-    train(config, str(workdir))
+def tiny_run(workdir, text: str, config_name: str, steps: int):
+    """Trains a shrunk `configs/<config_name>.py` in-process into `workdir`; returns the workdir."""
+    train(shrink(load_config(config_name, None), text, steps), str(workdir))
     return workdir

@@ -17,7 +17,8 @@ from headless_jax.downstream.lm_rows import last_word_row, last_word_start, para
 from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
 from headless_jax.model import LanguageModel, embedding_matrix
 from headless_jax.train.sharding import axis_rules, make_mesh
-from lm_helpers import book_text, load_config, tiny_run
+from lm_helpers import book_text, tiny_run
+from test_configs import load_config
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "lambada_sample.jsonl")
 VOCAB = 384
@@ -142,7 +143,7 @@ def hidden_states(pretrained, tokens: list[int]) -> np.ndarray:
 
 
 def test_headless_perplexity_through_o_dot_e_matches_float64(decoder_run, tmp_path):
-    config = load_config("lm_eval")
+    config = load_config("lm_eval", None)
     config.update(pretrained=str(decoder_run), batch_size=8)
     config.mesh.update(data=4, fsdp=2)
     config.perplexity.update(sources=f"jsonl:{FIXTURE}", heldout=False)
@@ -190,7 +191,7 @@ def test_model_last_word_check_is_greedy_decoding(decoder_run):
 
 def test_an_encoder_is_refused(text, tmp_path):
     encoder = tiny_run(tmp_path / "encoder", text, "demo", 1)
-    config = load_config("lm_eval")
+    config = load_config("lm_eval", None)
     config.pretrained = str(encoder)
     with pytest.raises(PretrainedError, match="is an encoder .* needs a decoder"):
         run(config, str(tmp_path / "eval"))
@@ -200,7 +201,7 @@ def test_another_tokenizer_is_refused(decoder_run, tokenizer, tmp_path):
     other = tmp_path / "other.model"
     other.write_bytes(tokenizer.processor.serialized_model_proto())  # trained without the held-out split
     assert other.read_bytes() != (decoder_run / RUN_TOKENIZER_FILE).read_bytes()
-    config = load_config("lm_eval")
+    config = load_config("lm_eval", None)
     config.update(pretrained=str(decoder_run), tokenizer_model=str(other))
     with pytest.raises(PretrainedError, match="is not the tokenizer"):
         run(config, str(tmp_path / "eval"))
@@ -213,7 +214,8 @@ def test_a_head_copied_from_e_scores_exactly_like_o_dot_e(decoder_run):
     config.model.head = "untied"
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
     params = dict(pretrained.params, head={"decoder": embedding_matrix(pretrained.params)})
-    shardings = dict(pretrained.param_shardings, head={"decoder": pretrained.param_shardings["body"]["embed"]["embedding"]})
+    embedding_sharding = pretrained.param_shardings["body"]["embed"]["embedding"]
+    shardings = dict(pretrained.param_shardings, head={"decoder": embedding_sharding})
     with_head = dataclasses.replace(pretrained, config=config, model=model, params=params, param_shardings=shardings)
     tokens = np.array([pretrained.tokenizer.encode("It was the best of times, it was the worst of times.")[:32]] * 8,
                       np.int32)

@@ -2,20 +2,20 @@
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from headless_jax.config import base_config
+from headless_jax.model import LanguageModel
 from headless_jax.train.init_from import InitFromError, init_params
+from headless_jax.train.loop import train
 from headless_jax.train.optim import train_optimizer
 from headless_jax.train.sharding import axis_rules, make_mesh
 from headless_jax.train.state import create_state
-from headless_jax.model import LanguageModel
-from lm_helpers import book_text, load_config, shrink, tiny_run
-
-import ml_collections
+from lm_helpers import book_text, shrink, tiny_run
+from test_configs import load_config
 
 
 def saved_params(workdir, step: int) -> dict:
@@ -34,7 +34,7 @@ def headless_run(tmp_path_factory, text):
 
 
 def lm_head_config(text, init_from, steps=3, **train_keys):
-    config = shrink(load_config("lm_head"), text, steps)
+    config = shrink(load_config("lm_head", None), text, steps)
     config.train.update(init_from=str(init_from), **train_keys)
     config.optim.update(learning_rate=1e-2, warmup_steps=1, weight_decay=0.1)
     return config
@@ -61,21 +61,20 @@ def test_the_head_starts_as_an_exact_copy_of_the_embeddings(text, headless_run):
 
 
 def test_fine_tuning_trains_head_and_embeddings_apart_and_resumes_its_own_run(text, headless_run, tmp_path, capsys):
-    tiny_run(tmp_path, text, "lm_head", 3, change=lambda c: c.update(lm_head_config(text, headless_run)))
+    train(lm_head_config(text, headless_run), str(tmp_path))
     assert "Initialised from the parameters of" in capsys.readouterr().out
     embedding = saved_params(headless_run, 2)["body"]["embed"]["embedding"]
     tuned = saved_params(tmp_path, 3)
     head, tuned_embedding = tuned["head"]["decoder"], tuned["body"]["embed"]["embedding"]
     assert not np.allclose(head, embedding) and not np.allclose(tuned_embedding, embedding)
     assert np.abs(head - tuned_embedding).max() > 1e-3  # untied: they moved apart
-    tiny_run(tmp_path, text, "lm_head", 4, change=lambda c: c.update(lm_head_config(text, headless_run, steps=4)))
+    train(lm_head_config(text, headless_run, steps=4), str(tmp_path))
     output = capsys.readouterr().out
     assert "Resumed from the checkpoint at step 3" in output and "Initialised" not in output
 
 
 def test_the_probe_leaves_the_body_bit_identical(text, headless_run, tmp_path):
-    tiny_run(tmp_path, text, "lm_head", 3,
-             change=lambda c: c.update(lm_head_config(text, headless_run, trainable="head")))
+    train(lm_head_config(text, headless_run, trainable="head"), str(tmp_path))
     before, after = saved_params(headless_run, 2), saved_params(tmp_path, 3)
     for path, value in traverse_util.flatten_dict(before["body"]).items():
         np.testing.assert_array_equal(traverse_util.flatten_dict(after["body"])[path], value, err_msg=str(path))
@@ -89,8 +88,7 @@ def test_a_model_of_another_shape_is_refused_naming_the_keys(text, headless_run)
         init_params(config, *fresh_params(config))
 
 
-def test_an_encoder_is_refused_as_init_run(text, tmp_path):
-    encoder = tiny_run(tmp_path / "encoder", text, "demo", 1)
-    config = lm_head_config(text, encoder)
-    with pytest.raises(InitFromError, match="train.init_from: .* is an encoder"):
+def test_a_workdir_that_is_not_a_run_is_refused(text, tmp_path):
+    config = lm_head_config(text, tmp_path)  # the encoder/decoder and tokenizer checks: tests/test_lm_eval.py
+    with pytest.raises(InitFromError, match="train.init_from: .* no checkpoints/ there"):
         init_params(config, *fresh_params(config))
