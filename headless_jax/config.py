@@ -96,6 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.permanent_every = 0  # >0: keep every checkpoint at a multiple of this, forever
     t.nonfinite = "stop"  # stop | skip: what a non-finite loss or gradient norm does
     t.peak_flops_per_device = 0.0  # 0: look up the device in headless_jax.train.flops
+    t.init_from = ""  # workdir of a run whose params start this one (a missing vocabulary head starts as a copy of E)
+    t.trainable = "all"  # all | head (a probe: the body is frozen, only the vocabulary head trains)
 
     opt = c.optim = ml_collections.ConfigDict()
     opt.learning_rate = 1e-3

@@ -12,7 +12,10 @@ from ml_collections import config_flags
 from headless_jax import distributed
 
 # kind -> "module:function"; the function takes (config, workdir) and returns the results it wrote.
-RUNNERS: dict[str, str] = {"classify": "headless_jax.downstream.classify:run"}
+RUNNERS: dict[str, str] = {
+    "classify": "headless_jax.downstream.classify:run",
+    "lm_eval": "headless_jax.downstream.lm_eval:run",
+}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Downstream config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory (local or gs://) for results, checkpoints and logs.")

@@ -21,6 +21,7 @@ CHOICES = {
     "data.packing": ("windows", "documents"),
     "optim.schedule": ("cosine", "linear", "constant", "wsd"),
     "train.nonfinite": ("stop", "skip"),
+    "train.trainable": ("all", "head"),
 }
 
 
@@ -48,6 +49,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, process
     if "ce" in o.loss.split("+") and m.head == "none":
         raise ConfigError(f"objective.loss={o.loss!r} needs a vocabulary head but model.head='none' (headless); "
                           "set --config.model.head=tied|untied or --config.objective.loss=cwt")
+    if t.trainable == "head" and (m.head == "none" or (m.causal and m.head == "tied")):
+        raise ConfigError(f"train.trainable='head' trains the vocabulary head alone, but model.head={m.head!r} has no "
+                          "parameters of its own; set --config.model.head=untied or --config.train.trainable=all")
     if m.positions == "learned" and d.seq_len > m.max_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds the learned position table model.max_len={m.max_len}; "
                           f"set --config.model.max_len={d.seq_len} or shorten data.seq_len")

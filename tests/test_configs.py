@@ -19,7 +19,7 @@ from headless_jax.validate import ConfigError, validate_config
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 TWIN_ARGS = {"demo": [None, "ce", "cwt+ce"], "clm_demo": [None, "ce"], "bert_base": [None, "ce"],
              "pythia70m": [None, "ce"], "multilingual": [None, "ce"], "vocab_study": [None, "ce,200000"],
-             "batch_study": [None, "ce,256"]}
+             "batch_study": [None, "ce,256"], "lm_head": [None]}
 
 
 def load_config(name: str, arg: str | None):
@@ -36,6 +36,7 @@ def test_every_config_file_is_covered():
 
 EXTRA_CONFIGS: dict[str, list] = {  # configs of later features register here with their args
     "glue": [None, "sst2", "rte,mrpc"], "xnli": [None], "books": [None],  # tests/test_classify.py
+    "lm_eval": [None, "lambada"],  # tests/test_lm_eval.py
 }
 
 
@@ -84,6 +85,7 @@ def tiny() -> ml_collections.ConfigDict:
     (lambda c: c.objective.update(cwt_group_size=3), "does not divide the 16 sequences"),
     (lambda c: c.objective.update(mask_rate=0.001), "mask rate"),
     (lambda c: c.mesh.update(axis_rules=(("batch", "pipeline"),)), "unknown mesh axis 'pipeline'"),
+    (lambda c: c.train.update(trainable="head"), "model.head='none' has no parameters of its own"),
 ])
 def test_config_errors_name_the_fix(change, message):
     config = tiny()

@@ -9,7 +9,7 @@ from etils import epath
 
 from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE, Tokenizer
 from headless_jax.model import LanguageModel
-from headless_jax.train.optim import make_optimizer
+from headless_jax.train.optim import train_optimizer
 from headless_jax.train.state import abstract_state
 
 
@@ -53,7 +53,7 @@ def load_pretrained(workdir: str, mesh: jax.sharding.Mesh, rules, step: int = 0,
         _check_kind(config, causal, workdir)
         tokenizer = _tokenizer(config, workdir, tokenizer_model)
         model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-        optimizer = make_optimizer(config.optim, config.train.num_steps)  # the saved state holds its moments
+        optimizer = train_optimizer(config)  # the saved state holds its moments
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             abstract, shardings = abstract_state(model, optimizer, config.data.seq_len, mesh, rules)
             state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]

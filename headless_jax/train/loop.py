@@ -18,7 +18,8 @@ from headless_jax.model import LanguageModel
 from headless_jax.train import flops as flops_lib
 from headless_jax.train.checkpoint import Checkpointer
 from headless_jax.train.metrics import MetricsWriter
-from headless_jax.train.optim import learning_rate_schedule, make_optimizer
+from headless_jax.train.init_from import init_params, resolve_tokenizer
+from headless_jax.train.optim import learning_rate_schedule, train_optimizer
 from headless_jax.train.sharding import axis_rules, global_batch, make_mesh
 from headless_jax.train.state import abstract_state, count_params, create_state
 from headless_jax.train.step import build_eval_step, build_train_step
@@ -71,6 +72,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     validate_config(config, jax.device_count(), jax.process_count())
+    resolve_tokenizer(config)
     save_config(config, workdir)
     t = config.train
     checkpointer = Checkpointer(str(workdir / "checkpoints"), t.keep_checkpoints, t.permanent_every)
@@ -90,7 +92,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     special = objectives.SpecialTokens(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids))
     objective = objectives.build_objective(config, model, special)
     schedule = learning_rate_schedule(config.optim, t.num_steps)
-    optimizer = make_optimizer(config.optim, t.num_steps)
+    optimizer = train_optimizer(config)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract, shardings = abstract_state(model, optimizer, config.data.seq_len, mesh, rules)
@@ -101,6 +103,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         else:
             state, _ = create_state(model, optimizer, config.data.seq_len, config.seed, mesh, rules)
             start = 0
+            if t.init_from:
+                state["params"] = init_params(config, state["params"], shardings["params"], mesh, rules)
+                print(f"Initialised from the parameters of {t.init_from}")
         train_step = build_train_step(objective, optimizer, schedule, shardings, mesh, t.microbatches)
         eval_step = build_eval_step(objective, shardings, mesh, config.seed)
         eval_batches = [global_batch(b, mesh) for b in eval_local_batches]

@@ -49,3 +49,24 @@ def make_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
         optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay,
                     mask=lambda p: weight_decay_mask(p, opt_cfg.decay_embeddings)),
     )
+
+
+def train_optimizer(config) -> optax.GradientTransformation:
+    """The optimiser of an experiment config: AdamW on every parameter (train.trainable='all'), or on the
+    vocabulary head alone ('head', a probe). Frozen parameters get zero updates — not even weight decay."""
+    optimizer = make_optimizer(config.optim, config.train.num_steps)
+    trainable = config.train.get("trainable", "all")  # runs saved before the key existed train everything
+    if trainable == "all":
+        return optimizer  # no wrapper: the optimiser state keeps the layout of runs that train everything
+    if trainable != "head":
+        raise ValueError(f"train.trainable={trainable!r} is not one of ('all', 'head')")
+    # Zeroing the frozen gradients first keeps them out of the clipping norm and the moments; zeroing the frozen
+    # updates last removes weight decay. Both are stateless (optax.multi_transform's masked moments hold
+    # MaskedNode leaves, which the sharded state layout cannot carry).
+    freeze = optax.masked(optax.set_to_zero(), body_mask)
+    return optax.chain(freeze, optimizer, freeze)
+
+
+def body_mask(params) -> dict:
+    """True for every parameter outside the vocabulary head (frozen by a probe)."""
+    return {name: jax.tree.map(lambda _, name=name: name != "head", subtree) for name, subtree in params.items()}
