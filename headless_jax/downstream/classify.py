@@ -17,7 +17,7 @@ from headless_jax.downstream.encode import encode
 from headless_jax.downstream.glue import GLUE_TASKS
 from headless_jax.downstream.pretrained import Pretrained, load_pretrained
 from headless_jax.downstream.tasks import TaskData, load_task, task_names
-from headless_jax.train.optim import learning_rate_schedule, make_optimizer
+from headless_jax.train.optim import head_only, learning_rate_schedule, make_optimizer
 from headless_jax.train.sharding import axis_rules, batch_shards, global_batch, make_mesh
 from headless_jax.train.step import build_train_step
 
@@ -116,8 +116,7 @@ def finetune_optimizer(config, num_steps: int) -> tuple[optax.GradientTransforma
     opt_cfg = ml_collections.ConfigDict(dict(config.optim.to_dict(), warmup_steps=warmup_steps))
     optimizer = make_optimizer(opt_cfg, num_steps)
     if config.freeze_body:
-        optimizer = optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()},
-                                          {"body": "freeze", "head": "train"})
+        optimizer = head_only(optimizer)
     return optimizer, learning_rate_schedule(opt_cfg, num_steps)
 
 

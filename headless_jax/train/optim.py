@@ -60,6 +60,11 @@ def train_optimizer(config) -> optax.GradientTransformation:
         return optimizer  # no wrapper: the optimiser state keeps the layout of runs that train everything
     if trainable != "head":
         raise ValueError(f"train.trainable={trainable!r} is not one of ('all', 'head')")
+    return head_only(optimizer)
+
+
+def head_only(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`optimizer` on params['head'] alone; every other parameter gets a zero update (a probe of the body)."""
     # Zeroing the frozen gradients first keeps them out of the clipping norm and the moments; zeroing the frozen
     # updates last removes weight decay. Both are stateless (optax.multi_transform's masked moments hold
     # MaskedNode leaves, which the sharded state layout cannot carry).
@@ -68,5 +73,5 @@ def train_optimizer(config) -> optax.GradientTransformation:
 
 
 def body_mask(params) -> dict:
-    """True for every parameter outside the vocabulary head (frozen by a probe)."""
+    """True for every parameter outside params["head"] (the vocabulary or classification head)."""
     return {name: jax.tree.map(lambda _, name=name: name != "head", subtree) for name, subtree in params.items()}
