@@ -145,3 +145,163 @@ def test_topk_block_runs_the_selected_tokens_among_themselves():
         y, _ = block.apply({"params": block_params}, x[b:b + 1, idx], args[1][b:b + 1, idx], args[2][b:b + 1, idx])
         expected[b, idx] = np.asarray(y[0])
     np.testing.assert_allclose(layer_0_out, expected, rtol=0, atol=1e-6)
+
+
+def test_skip_gate_is_exactly_binary_forward_and_soft_backward():
+    logits = jax.random.normal(jax.random.key(0), (4, 50, 2)) * 2
+    rng, temperature = jax.random.key(3), 0.7
+    gate = routing.skip_gate(logits, rng, temperature)
+    assert set(np.unique(np.asarray(gate)).tolist()) == {0.0, 1.0}
+    # Backward: the gradient of the Gumbel-softmax probability of "execute" (same noise).
+    weights = jax.random.normal(jax.random.key(4), gate.shape)
+    grad = jax.grad(lambda z: jnp.sum(weights * routing.skip_gate(z, rng, temperature)))(logits)
+    noise = jax.random.gumbel(rng, logits.shape)
+    soft_grad = jax.grad(lambda z: jnp.sum(weights * jax.nn.softmax((z + noise) / temperature)[..., 1]))(logits)
+    np.testing.assert_allclose(grad, soft_grad, rtol=1e-6)
+    assert np.abs(np.asarray(grad)).sum() > 0
+    # Evaluation: argmax, no noise.
+    np.testing.assert_array_equal(routing.skip_gate(logits, None, temperature), np.argmax(logits, -1))
+
+
+def test_skip_layer_keeps_each_token_either_unchanged_or_fully_executed():
+    args = inputs(packed=True)
+    cfg = model_config("skip", layers="0")
+    model = make(cfg)
+    params = init(model, args)
+    layer_out, _, state = layer_io(model, params, args, deterministic=False)
+    always = lambda logits, rng, temperature: jnp.ones(logits.shape[:-1])  # noqa: E731
+    with mock.patch.object(routing, "skip_gate", always):
+        executed_out, _, _ = layer_io(model, params, args, deterministic=False)
+    body = params["body"]
+    x_in = body["embed"]["embedding"][args[0]] + body["position_embed"]["embedding"][args[2]]
+    kept, executed = np.all(layer_out == x_in, -1), np.all(layer_out == executed_out, -1)
+    assert (kept ^ executed).all()  # every token exactly one of the two
+    assert 0 < kept.sum() < kept.size
+    real = np.asarray(args[1]) != 0
+    np.testing.assert_allclose(float(state["routing"]["body"]["layer_0"]["executed_fraction"][0]),
+                               (executed & real).sum() / real.sum(), rtol=1e-6)
+
+
+def tiny_experiment(kind: str, task: str = "mlm", loss: str = "cwt", **routing_overrides):
+    c = base_config()
+    c.model = model_config(kind, causal=task == "clm", **routing_overrides)
+    c.model.head = "none" if loss == "cwt" else ("untied" if task == "clm" else "tied")
+    c.objective.update(task=task, loss=loss, mask_rate=0.25)
+    c.data.seq_len = L
+    c.train.global_batch_size = 8
+    return c
+
+
+def objective_and_params(config, seed=0):
+    model = make(config.model)
+    objective = objectives.build_objective(config, model, objectives.SpecialTokens())
+    tokens, segments, positions = inputs(seed, batch=8)
+    batch = {"tokens": tokens, "segment_ids": segments, "positions": positions}
+    return objective, init(model, (tokens, segments, positions)), batch
+
+
+@pytest.mark.parametrize("kind,task,loss", [("skip", "mlm", "cwt"), ("topk", "mlm", "ce"), ("topk", "clm", "cwt"),
+                                            ("skip", "clm", "ce")])
+def test_routers_receive_gradients(kind, task, loss):
+    config = tiny_experiment(kind, task, loss)
+    objective, params, batch = objective_and_params(config)
+    grads, metrics = jax.grad(lambda p: objective(p, batch, jax.random.key(0), False), has_aux=True)(params)
+    router = grads["body"]["layer_1"]["router"]
+    for name, leaf in jax.tree_util.tree_leaves_with_path(router):
+        assert float(jnp.abs(leaf).sum()) > 0, f"zero gradient for router {jax.tree_util.keystr(name)}"
+    assert "routing/executed_fraction/layer_1" in metrics
+    if kind == "topk" and task == "clm":  # the predictor learns from its BCE alone (stop-gradient input)
+        assert set(router) == {"score", "predictor_hidden", "predictor_out"}
+        assert "routing/predictor_loss" in metrics
+
+
+def test_causal_topk_inference_does_not_look_at_future_tokens():
+    args = inputs(batch=2)
+    model = make(model_config("topk", causal=True, capacity=0.5, layers="all"))
+    params = init(model, args)
+    # Random predictors execute some tokens and skip others (a zero-mean init would pick ~half).
+    h, state = apply(model, params, args, deterministic=True)
+    fraction = float(state["routing"]["body"]["layer_0"]["executed_fraction"][0])
+    assert 0 < fraction < 1
+    for t in (3, 7):
+        future = args[0].at[:, t + 1:].set((args[0][:, t + 1:] + 5) % (VOCAB - 7) + 7)
+        h_perturbed, _ = apply(model, params, (future, *args[1:]), deterministic=True)
+        np.testing.assert_array_equal(h_perturbed[:, :t + 1], h[:, :t + 1])
+    # The training path (top-k over the whole sequence) does look ahead: the test above can fail.
+    h_train, _ = apply(model, params, args, deterministic=False)
+    leaks = False
+    for t in range(L - 1):
+        future = args[0].at[:, t + 1:].set((args[0][:, t + 1:] + 5) % (VOCAB - 7) + 7)
+        h_future, _ = apply(model, params, (future, *args[1:]), deterministic=False)
+        leaks |= not np.array_equal(h_future[:, :t + 1], h_train[:, :t + 1])
+    assert leaks
+
+
+@pytest.mark.parametrize("target", [0.1, 0.9])
+def test_budget_loss_moves_the_executed_fraction_toward_the_target(target):
+    config = tiny_experiment("skip", "mlm", "cwt", target=target, budget_weight=1.0)
+    objective, params, batch = objective_and_params(config)
+    optimizer = optax.adam(3e-2)
+
+    @jax.jit
+    def step(params, opt_state, rng):
+        grads, metrics = jax.grad(lambda p: objective(p, batch, rng, False), has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    def eval_fraction(params):
+        return float(objective(params, batch, jax.random.key(0), True)[1]["routing/executed_fraction"])
+
+    start, opt_state = eval_fraction(params), optimizer.init(params)
+    for i in range(25):
+        params, opt_state, metrics = step(params, opt_state, jax.random.key(i))
+    end = eval_fraction(params)
+    assert abs(end - target) < 0.5 * abs(start - target), (start, end)
+    assert float(metrics["routing/budget_loss"]) < (start - target) ** 2
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(kind="sometimes"), "unknown model.routing.kind 'sometimes'"),
+    (dict(kind="skip", skip="head"), "unknown model.routing.skip 'head'"),
+    (dict(kind="topk", capacity=0.0), r"capacity=0.0 must be in \(0, 1\]"),
+    (dict(kind="topk", capacity=1.5), r"capacity=1.5 must be in \(0, 1\]"),
+    (dict(kind="skip", layers="1,4"), "outside 0..1"),
+    (dict(kind="skip", layers="every:0"), "every:N"),
+    (dict(kind="skip", layers="odd"), "every:N"),
+    (dict(kind="skip", target=1.2), "target=1.2"),
+    (dict(kind="skip", temperature=0.0), "temperature"),
+])
+def test_routing_config_errors_name_the_fix(change, message):
+    config = tiny_experiment("none")
+    config.model.routing.update(change)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, num_devices=8)
+
+
+def test_causal_topk_needs_the_predictor_and_scan_needs_every_layer_routed():
+    config = tiny_experiment("topk", "clm", predictor_dim=0)
+    with pytest.raises(ConfigError, match="predictor_dim"):
+        validate_config(config, num_devices=8)
+    config = tiny_experiment("skip", layers="every:2")
+    config.model.scan_layers = True
+    with pytest.raises(ConfigError, match="routing.layers=all or --config.model.scan_layers=False"):
+        validate_config(config, num_devices=8)
+    config.model.routing.layers = "all"
+    validate_config(config, num_devices=8)
+
+
+def test_scanned_rematerialised_routing_equals_dense_at_capacity_one_and_reports_every_layer():
+    args = inputs(packed=True)
+    scanned = dict(scan_layers=True, remat="full")
+    routed_cfg = model_config("topk", capacity=1.0, layers="all")
+    routed_cfg.update(scanned)
+    dense_cfg = model_config("none")
+    dense_cfg.update(scanned)
+    routed = make(routed_cfg)
+    params = init(routed, args)
+    assert params["body"]["layers"]["router"]["score"]["kernel"].shape == (2, 32, 1)
+    h, state = apply(routed, params, args, deterministic=False)
+    dense_params = {**params, "body": {**params["body"], "layers": {
+        k: v for k, v in params["body"]["layers"].items() if k != "router"}}}
+    np.testing.assert_array_equal(h, make(dense_cfg).apply({"params": dense_params}, *args))
+    assert sorted(routing.layer_stats(state["routing"])["executed_fraction"]) == [0, 1]
