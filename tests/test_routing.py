@@ -312,3 +312,28 @@ def test_scanned_rematerialised_routing_equals_dense_at_capacity_one_and_reports
         k: v for k, v in params["body"]["layers"].items() if k != "router"}}}
     np.testing.assert_array_equal(h, make(dense_cfg).apply({"params": dense_params}, *args))
     assert sorted(routing.layer_stats(state["routing"])["executed_fraction"]) == [0, 1]
+
+
+def test_flops_count_what_topk_executes_by_hand():
+    config = tiny_experiment("topk", "clm", "cwt", capacity=0.5, predictor_dim=64)  # layer 1 routed, k = 6 of 12
+    dense_layer, dense_scores = 4 * 32 * 32 + 4 * 32 * 32 + 2 * 2 * 32 * 48, 2 * 2 * 12 * 32 * 0.5  # 14336, 768
+    routed_layer = 0.5 * dense_layer + 2 * 32 + 2 * (32 * 64 + 64)  # block on half the tokens + router + predictor
+    per_sequence = flops.forward_flops_per_sequence(config, 8)
+    assert per_sequence["body"] == 12 * (dense_layer + routed_layer)
+    assert per_sequence["attention"] == 12 * (dense_scores + 0.25 * dense_scores)  # k queries × k keys
+    measured = {"routing/executed_fraction/layer_1": 0.25}  # e.g. the causal predictor at inference
+    effective = dense_layer + dense_scores + 0.25 * dense_layer + 2 * 32 + 2 * (32 * 64 + 64) + 0.0625 * dense_scores
+    out = flops.routing_flops_metrics(config, measured)
+    assert out["routing/effective_flops_per_token"] == effective
+    assert out["routing/flops_saving"] == pytest.approx(1 - effective / (2 * (dense_layer + dense_scores)))
+    assert flops.routing_flops_metrics(tiny_experiment("none"), measured) == {}
+
+
+def test_skip_trains_densely_and_saves_only_queries_outputs_scores_and_mlp_at_inference():
+    config = tiny_experiment("skip", "mlm", "cwt")
+    dense_layer, dense_scores = 14336, 2 * 2 * 12 * 32
+    router = 2 * 32 * 2
+    assert flops.forward_flops_per_sequence(config, 8)["body"] == 12 * (2 * dense_layer + router)
+    out = flops.routing_flops_metrics(config, {"routing/executed_fraction/layer_1": 0.5})
+    kept = 4 * 32 * 32 + 0.5 * (4 * 32 * 32 + 2 * 2 * 32 * 48)  # keys/values for every token
+    assert out["routing/effective_flops_per_token"] == dense_layer + dense_scores + kept + router + 0.5 * dense_scores
