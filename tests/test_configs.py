@@ -34,10 +34,13 @@ def test_every_config_file_is_covered():
     assert names <= set(TWIN_ARGS) | set(EXTRA_CONFIGS), names - set(TWIN_ARGS)
 
 
-EXTRA_CONFIGS: dict[str, list] = {}  # configs of later features register here with their args
+EXTRA_CONFIGS: dict[str, list] = {  # configs of later features register here with their args
+    "skip_demo": [None, "ce", "topk", "ce,topk", "cwt,topk,clm", "ce,skip,clm"],
+    "skip_pythia70m": [None, "ce", "cwt,skip", "ce,skip"],
+}
 
 
-@pytest.mark.parametrize("name,arg", [(n, a) for n, args in TWIN_ARGS.items() for a in args])
+@pytest.mark.parametrize("name,arg", [(n, a) for n, args in {**TWIN_ARGS, **EXTRA_CONFIGS}.items() for a in args])
 def test_config_builds_model_and_abstract_state(name, arg):
     config = load_config(name, arg)
     validate_config(config, num_devices=8)
