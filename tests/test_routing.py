@@ -16,6 +16,7 @@ from headless_jax.model import LanguageModel, routing
 from headless_jax.model.transformer import Block
 from headless_jax.train import flops
 from headless_jax.validate import ConfigError, validate_config
+from tests.train_helpers import random_batches, run_steps, tiny_config
 
 L, VOCAB = 12, 64
 WIRINGS = {"pre": {}, "post": dict(norm_position="post"),
@@ -337,3 +338,20 @@ def test_skip_trains_densely_and_saves_only_queries_outputs_scores_and_mlp_at_in
     out = flops.routing_flops_metrics(config, {"routing/executed_fraction/layer_1": 0.5})
     kept = 4 * 32 * 32 + 0.5 * (4 * 32 * 32 + 2 * 2 * 32 * 48)  # keys/values for every token
     assert out["routing/effective_flops_per_token"] == dense_layer + dense_scores + kept + router + 0.5 * dense_scores
+
+
+@pytest.mark.parametrize("task,loss,kind", [("clm", "cwt", "topk")])
+def test_routed_training_is_the_same_on_a_sharded_mesh(task, loss, kind):
+    def config(sizes):
+        c = tiny_config(task, loss)
+        c.model.routing.update(kind=kind, layers="every:2", capacity=0.5)
+        c.mesh.update(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])
+        return c
+
+    sgd, batches = optax.sgd(0.5), random_batches(2, 16)  # SGD: see test_train_step.py
+    reference_losses, reference_params, _ = run_steps(config((1, 1, 1)), batches, jax.devices()[:1], optimizer=sgd)
+    losses, params, state = run_steps(config((2, 2, 2)), batches, optimizer=sgd)
+    np.testing.assert_allclose(losses, reference_losses, rtol=2e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, reference_params)
+    router_kernel = state["params"]["body"]["layer_1"]["router"]["score" if kind == "topk" else "gate"]["kernel"]
+    assert router_kernel.sharding.spec[0] == "fsdp"  # ('embed', 'router') under the default rules
