@@ -65,10 +65,9 @@ def apply_dense(cfg, params, args):
 
 
 def without_router(params):
-    """The dense model's params: the routed model's, less the router (everything else is shared)."""
-    return jax.tree_util.tree_map(lambda x: x, {**params, "body": {
-        name: {k: v for k, v in layer.items() if k != "router"} if isinstance(layer, dict) else layer
-        for name, layer in params["body"].items()}})
+    """The dense model's params: the routed model's, less the routers (everything else is shared)."""
+    body = {name: {k: v for k, v in part.items() if k != "router"} for name, part in params["body"].items()}
+    return {**params, "body": body}
 
 
 @pytest.mark.parametrize("wiring", list(WIRINGS))
@@ -309,9 +308,7 @@ def test_scanned_rematerialised_routing_equals_dense_at_capacity_one_and_reports
     params = init(routed, args)
     assert params["body"]["layers"]["router"]["score"]["kernel"].shape == (2, 32, 1)
     h, state = apply(routed, params, args, deterministic=False, jit=False)
-    dense_params = {**params, "body": {**params["body"], "layers": {
-        k: v for k, v in params["body"]["layers"].items() if k != "router"}}}
-    np.testing.assert_array_equal(h, make(dense_cfg).apply({"params": dense_params}, *args))
+    np.testing.assert_array_equal(h, apply_dense(dense_cfg, params, args))
     assert sorted(routing.layer_stats(state["routing"])["executed_fraction"]) == [0, 1]
 
 

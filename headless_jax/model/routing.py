@@ -181,7 +181,7 @@ class TopkRouter(nn.Module):
                                                                                ("router",)))(
             jax.lax.stop_gradient(h_BxLxD)))
         predictor_BxL = nn.Dense(1, use_bias=False, dtype=jnp.float32, name="predictor_out",
-                                 kernel_init=dense_init(cfg.init_std, ("router", "norm")))(hidden_BxLxP)[..., 0]
+                                 kernel_init=dense_init(cfg.init_std, ("router", None)))(hidden_BxLxP)[..., 0]
         return score_BxL, predictor_BxL
 
 
@@ -198,7 +198,7 @@ def route_topk(score_BxL, predictor_BxL, capacity: float, use_predictor: bool, s
     causal predictor selects (σ > 0.5) run it with the others masked out of attention as padding."""
     k = capacity_tokens(capacity, x_BxLxD.shape[1])
     idx_BxK = topk_indices(score_BxL, segment_ids_BxL, k)
-    selected_BxL = put_rows(jnp.zeros(score_BxL.shape + (1,)), idx_BxK, jnp.ones(idx_BxK.shape + (1,)))[..., 0]
+    selected_BxL = jax.vmap(lambda idx_K: jnp.zeros(score_BxL.shape[1]).at[idx_K].set(1.0))(idx_BxK)
     stats = {}
     if predictor_BxL is not None:  # BCE on top-k membership; the predictor's input is already stop-gradient
         bce_BxL = optax.sigmoid_binary_cross_entropy(predictor_BxL, selected_BxL)
