@@ -354,9 +354,10 @@ if __name__ == "__main__":
             devices = jax.devices()
             name = os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
             config.train.global_batch_size = _BATCH.value * len(devices)
+            capacities = [0.0] + [float(v) for v in _CAPACITIES.value.split(",") if v]  # 0: the dense model
             values = {"vocab": int_list(_VOCABS.value), "group": int_list(_GROUPS.value),
-                      "batch": [b * len(devices) for b in int_list(_BATCHES.value)],
-                      "routing": [0.0] + [float(v) for v in _CAPACITIES.value.split(",") if v], "none": []}[_SWEEP.value]
+                      "batch": [b * len(devices) for b in int_list(_BATCHES.value)], "routing": capacities,
+                      "none": []}[_SWEEP.value]
             columns = ROUTING_COLUMNS if _SWEEP.value == "routing" else TABLE_COLUMNS
             rows = run_sweep(config, _SWEEP.value, values, _STEPS.value, name, devices, columns=columns)
             paths = write_outputs(rows, _OUT.value, _SWEEP.value, columns)

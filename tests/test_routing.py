@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from headless_jax import objectives
+from headless_jax import bench, objectives
 from headless_jax.config import base_config
 from headless_jax.model import LanguageModel, routing
 from headless_jax.model.transformer import Block
@@ -352,3 +352,12 @@ def test_routed_training_is_the_same_on_a_sharded_mesh(task, loss, kind):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, reference_params)
     router_kernel = state["params"]["body"]["layer_1"]["router"]["score" if kind == "topk" else "gate"]["kernel"]
     assert router_kernel.sharding.spec[0] == "fsdp"  # ('embed', 'router') under the default rules
+
+
+def test_bench_routing_sweep_times_dense_against_topk_unscanned():
+    config = tiny_experiment("none")
+    config.model.scan_layers = True
+    cases = bench.sweep_configs(config, "routing", [0.0, 0.5])
+    assert [(c.objective.loss, bench.routing_label(c.model)) for c in cases] == [
+        ("cwt", "none"), ("ce", "none"), ("cwt", "topk c=0.5 every:2 block"), ("ce", "topk c=0.5 every:2 block")]
+    assert not any(c.model.scan_layers for c in cases)

@@ -35,14 +35,9 @@ COLLECTION = "routing"
 Step = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x [B,L,D], segment_ids, positions) → new x
 
 
-def routing_of(model_cfg):
-    """The `routing` section of a model config; None for configs saved before routing existed."""
-    return model_cfg.routing if "routing" in model_cfg else None
-
-
 def routing_kind(model_cfg) -> str:
-    routing = routing_of(model_cfg)
-    return "none" if routing is None else routing.kind
+    """model.routing.kind; 'none' also for configs saved before routing existed."""
+    return model_cfg.routing.kind if "routing" in model_cfg else "none"
 
 
 def routed_layers(model_cfg) -> tuple[int, ...]:
