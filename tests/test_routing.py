@@ -15,6 +15,7 @@ from headless_jax.config import base_config
 from headless_jax.model import LanguageModel, routing
 from headless_jax.model.transformer import Block
 from headless_jax.train import flops
+from headless_jax.train.sharding import axis_rules, batch_sharding, make_mesh
 from headless_jax.validate import ConfigError, validate_config
 from tests.train_helpers import random_batches, run_steps, tiny_config
 
@@ -361,3 +362,19 @@ def test_bench_routing_sweep_times_dense_against_topk_unscanned():
     assert [(c.objective.loss, bench.routing_label(c.model)) for c in cases] == [
         ("cwt", "none"), ("ce", "none"), ("cwt", "topk c=0.5 every:2 block"), ("ce", "topk c=0.5 every:2 block")]
     assert not any(c.model.scan_layers for c in cases)
+
+
+def test_topk_gathers_and_scatters_stay_on_each_batch_shard():
+    """Data parallel over 8 devices: the routed forward compiles with no cross-device data movement."""
+    config = tiny_experiment("topk", capacity=0.5, layers="all")
+    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
+    model = make(config.model)
+    tokens, segments, positions = inputs(batch=8, packed=False)
+    params = init(model, (tokens, segments, positions))
+    forward = jax.jit(lambda p, t, s, q: model.apply({"params": p}, t, s, q, deterministic=False,
+                                                     rngs={"dropout": jax.random.key(0)}),
+                      in_shardings=(None,) + (batch_sharding(mesh),) * 3)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        hlo = forward.lower(params, tokens, segments, positions).compile().as_text()
+    for collective in ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter"):
+        assert collective not in hlo, collective

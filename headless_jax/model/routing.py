@@ -144,8 +144,10 @@ def put_rows(a_BxLxD, idx_BxK, values_BxKxD):
 
 def topk_indices(score_BxL: jax.Array, segment_ids_BxL: jax.Array, k: int) -> jax.Array:
     """The k highest-scoring real tokens of each sequence (padding only if fewer are real), in position order."""
-    eligible_BxL = jnp.where(segment_ids_BxL != 0, score_BxL, -jnp.inf)
-    _, idx_BxK = jax.lax.top_k(jax.lax.stop_gradient(eligible_BxL), k)
+    eligible_BxL = jnp.where(segment_ids_BxL != 0, jax.lax.stop_gradient(score_BxL), -jnp.inf)
+    # A sort along the length axis, not lax.top_k: XLA partitions a sort over the batch axis, while its TopK
+    # custom call all-gathers the batch (tests/test_routing.py checks the compiled step has no collectives).
+    idx_BxK = jnp.argsort(-eligible_BxL, axis=-1, stable=True)[:, :k]
     return jnp.sort(idx_BxK, axis=-1)  # position order keeps the causal mask right among the gathered tokens
 
 
