@@ -1,8 +1,8 @@
 """Speed benchmark (DESIGN §2.7): headless (CWT, no head) vs classical (CE + head) train steps at equal shape.
 
     python -m headless_jax.bench --config=configs/pythia70m.py --out=DIR [--config.x=y ...]
-        [--sweep=none|vocab|group|batch] [--steps=N] [--batch=N] [--vocabs=8192,...] [--groups=...]
-        [--batches=...] [--cwt_k [--cwt_ks=1024,...]]
+        [--sweep=none|vocab|group|batch|routing] [--steps=N] [--batch=N] [--vocabs=8192,...] [--groups=...]
+        [--batches=...] [--capacities=0.5,...] [--cwt_k [--cwt_ks=1024,...]]
 
 Each case compiles the real train step (build_train_step with the config's objective and optimiser, on a
 mesh over the available devices, random token batches) and reports, per row:
@@ -15,6 +15,9 @@ mesh over the available devices, random token batches) and reports, per row:
   (donated state is counted once), None where the backend reports nothing;
 - head_share = 1 − t_body / t_full, where t_body times the same train step with a stand-in "body-only"
   objective, loss = mean(h²) over the final hidden states (no head, no CE/CWT), clipped at 0.
+`--sweep=routing` times the dense model against `topk` routing (Mixture-of-Depths, DESIGN §1.4) at each of
+--capacities on the config's model.routing.layers (default every other layer), both objectives, layers not
+scanned in any case (a routed/dense mix cannot be scanned); flops_per_step counts what the routed layers run.
 
 `--cwt_k` instead compares the dense and blockwise CWT loss (value and gradient, jitted) on random o, t of
 K rows: compiled memory for every K, and times where the dense [K,K] logits fit --host_memory_gb.
@@ -38,6 +41,7 @@ from absl import app, flags
 from headless_jax import objectives
 from headless_jax.config import set_objective
 from headless_jax.model import LanguageModel
+from headless_jax.model.routing import routing_kind
 from headless_jax.train import flops
 from headless_jax.train.optim import learning_rate_schedule, make_optimizer
 from headless_jax.train.sharding import axis_rules, global_batch, make_mesh
@@ -131,7 +135,7 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
     tokens = config.train.global_batch_size * config.data.seq_len
     return {
         "config": name, "objective": config.objective.loss, "head": config.model.head,
-        "task": config.objective.task, "vocab": config.model.vocab_size,
+        "task": config.objective.task, "vocab": config.model.vocab_size, "routing": routing_label(config.model),
         "batch": config.train.global_batch_size, "batch_per_device": config.train.global_batch_size // len(devices),
         "seq_len": config.data.seq_len, "group_size": config.objective.cwt_group_size,
         "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
@@ -143,6 +147,16 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
         "devices": len(devices), "device_kind": devices[0].device_kind, "jax_version": jax.__version__,
         "steps": steps,
     }
+
+
+def routing_label(model_cfg) -> str:
+    """'none', or e.g. 'topk c=0.5 every:2 block' for a routed model."""
+    kind = routing_kind(model_cfg)
+    if kind == "none":
+        return kind
+    r = model_cfg.routing
+    amount = f"c={r.capacity}" if kind == "topk" else f"P={r.target}"
+    return f"{kind} {amount} {r.layers} {r.skip}"
 
 
 def with_objective(config, loss: str, classical_head: str):
@@ -172,13 +186,17 @@ def sweep_configs(config, sweep: str, values) -> list:
                 c.train.global_batch_size = value
                 if c.objective.cwt_group_size:  # keep the group a divisor of the batch
                     c.objective.cwt_group_size = math.gcd(c.objective.cwt_group_size, value)
+            elif sweep == "routing":  # value 0: the dense model; else topk at capacity `value`
+                c.model.scan_layers = False
+                c.model.routing.update(kind="topk" if value else "none", capacity=value or c.model.routing.capacity)
             if sweep == "group" and loss == "ce" and value != values[0]:
                 continue  # the classical step does not depend on the CWT group size: measure it once
             cases.append(c)
     return cases
 
 
-def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, log=print) -> list[dict]:
+def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, log=print,
+              columns: tuple[str, ...] | None = None) -> list[dict]:
     devices = jax.devices() if devices is None else devices
     peak = flops.peak_flops_per_device(config.train.peak_flops_per_device)
     log(f"MFU = train_flops_per_step / (median step time × peak × {len(devices)} devices); peak "
@@ -187,10 +205,12 @@ def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, l
     rows = []
     for c in sweep_configs(config, sweep, values):
         rows.append(bench_case(c, name, steps, devices, peak))
-        log(format_table(rows[-1:], header=not rows[:-1]))
+        log(format_table(rows[-1:], columns or TABLE_COLUMNS, header=not rows[:-1]))
     return rows
 
 
+ROUTING_COLUMNS = ("objective", "routing", "batch", "seq_len", "step_ms_median", "step_ms_min", "step_ms_max",
+                   "tokens_per_s", "flops_per_step", "mfu", "peak_memory_bytes")
 TABLE_COLUMNS = ("objective", "vocab", "batch", "seq_len", "group_size", "step_ms_median", "step_ms_min",
                  "step_ms_max", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share")
 
@@ -309,12 +329,13 @@ if __name__ == "__main__":
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
     _OUT = flags.DEFINE_string("out", None, "Directory for the JSON, markdown table and plot.")
-    _SWEEP = flags.DEFINE_enum("sweep", "none", ["none", "vocab", "group", "batch"], "What to sweep.")
+    _SWEEP = flags.DEFINE_enum("sweep", "none", ["none", "vocab", "group", "batch", "routing"], "What to sweep.")
     _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per case (after one untimed warm-up).")
     _BATCH = flags.DEFINE_integer("batch", 8, "Sequences per device (global batch = this × devices).")
     _VOCABS = flags.DEFINE_string("vocabs", ",".join(map(str, DEFAULT_VOCABS)), "Vocabulary sizes (vocab sweep).")
     _GROUPS = flags.DEFINE_string("groups", "1,2,4,8", "CWT group sizes in sequences (group sweep; 0 = batch).")
     _BATCHES = flags.DEFINE_string("batches", "4,8,16,32", "Sequences per device (batch sweep).")
+    _CAPACITIES = flags.DEFINE_string("capacities", "0.5", "topk capacities against dense (routing sweep).")
     _CWT_K = flags.DEFINE_bool("cwt_k", False, "Compare dense vs blockwise CWT over K instead of train steps.")
     _CWT_KS = flags.DEFINE_string("cwt_ks", ",".join(map(str, DEFAULT_CWT_KS)), "K values for --cwt_k.")
     _CWT_BLOCK = flags.DEFINE_integer("cwt_block", 1024, "Column block of the blockwise CWT in --cwt_k.")
@@ -333,11 +354,14 @@ if __name__ == "__main__":
             devices = jax.devices()
             name = os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
             config.train.global_batch_size = _BATCH.value * len(devices)
+            capacities = [0.0] + [float(v) for v in _CAPACITIES.value.split(",") if v]  # 0: the dense model
             values = {"vocab": int_list(_VOCABS.value), "group": int_list(_GROUPS.value),
-                      "batch": [b * len(devices) for b in int_list(_BATCHES.value)], "none": []}[_SWEEP.value]
-            rows = run_sweep(config, _SWEEP.value, values, _STEPS.value, name, devices)
-            paths = write_outputs(rows, _OUT.value, _SWEEP.value)
-        print("\n" + format_table(rows, CWT_COLUMNS if _CWT_K.value else TABLE_COLUMNS))
+                      "batch": [b * len(devices) for b in int_list(_BATCHES.value)], "routing": capacities,
+                      "none": []}[_SWEEP.value]
+            columns = ROUTING_COLUMNS if _SWEEP.value == "routing" else TABLE_COLUMNS
+            rows = run_sweep(config, _SWEEP.value, values, _STEPS.value, name, devices, columns=columns)
+            paths = write_outputs(rows, _OUT.value, _SWEEP.value, columns)
+        print("\n" + format_table(rows, CWT_COLUMNS if _CWT_K.value else columns))
         print("wrote " + ", ".join(paths.values()))
 
     app.run(main)

@@ -58,6 +58,17 @@ def base_config() -> ml_collections.ConfigDict:
     m.remat = "none"  # none | full | dots (save matmul outputs)
     m.scan_layers = False
 
+    r = m.routing = ml_collections.ConfigDict()  # Learning to Skip (DESIGN §1.4), headless_jax.model.routing
+    r.kind = "none"  # none | skip (Gumbel gate, dense compute) | topk (Mixture-of-Depths capacity, real savings)
+    r.layers = "every:2"  # which layers route: "every:N" (layers N-1, 2N-1, …), "all", or indices "1,3"
+    r.skip = "block"  # what a routed layer skips: block | attention | mlp
+    r.target = 0.5  # skip: executed fraction P the budget loss pulls each routed layer to
+    r.budget_weight = 0.1  # skip: λ of the budget loss λ·Σ_l (r_l − P)²
+    r.temperature = 1.0  # skip: Gumbel-softmax temperature of the backward (soft) gate
+    r.capacity = 0.5  # topk: share c of each sequence's tokens a routed layer runs (k = max(1, round(c·L)))
+    r.predictor_dim = 64  # topk, causal: hidden width of the causal predictor used at inference (must be > 0)
+    r.predictor_weight = 1.0  # topk, causal: weight of the predictor's BCE loss (trains only the predictor)
+
     o = c.objective = ml_collections.ConfigDict()
     o.task = "mlm"  # mlm | clm
     o.loss = "cwt"  # cwt | ce | cwt+ce

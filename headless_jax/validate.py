@@ -4,6 +4,7 @@ import logging
 import ml_collections
 
 from headless_jax.model.attention import IMPLEMENTATIONS
+from headless_jax.model.routing import check_routing
 from headless_jax.objectives.masking import num_masked
 from headless_jax.train.sharding import MESH_AXES, mesh_shape
 
@@ -60,6 +61,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, process
             num_masked(d.seq_len, o.mask_rate)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+    try:
+        check_routing(m)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
     data_shards, fsdp_shards, _ = mesh_shape(config.mesh, num_devices)
     batch_shards = data_shards * fsdp_shards

@@ -17,7 +17,7 @@ from headless_jax.downstream.classify_config import classify_base_config
 from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
 from headless_jax.evaluate import RUNNERS, runner
 from headless_jax.train.sharding import axis_rules, make_mesh
-from test_configs import EXTRA_CONFIGS, load_config
+from test_configs import DOWNSTREAM_CONFIGS, load_config
 from test_pretrained import ROOT, pretrain
 
 CLASS_0_WORDS, CLASS_1_WORDS = ("the", "of", "and", "to"), ("she", "her", "was", "had")
@@ -153,7 +153,7 @@ def test_tables_combine_runs_into_rows():
 
 @pytest.mark.parametrize("name", ["glue", "xnli", "books"])
 def test_downstream_configs_name_known_tasks(name):
-    for arg in EXTRA_CONFIGS[name]:
+    for arg in DOWNSTREAM_CONFIGS[name]:
         config = load_config(name, arg)
         assert config.kind in RUNNERS and parse_tasks(config.tasks)
     assert parse_tasks(load_config("glue", "rte,mrpc").tasks) == ("rte", "mrpc")

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 
 from headless_jax.model.layers import Attention, Mlp, dense_init, make_norm
+from headless_jax.model.routing import COLLECTION, SkipRouter, TopkRouter, check_routing, route_skip, route_topk, \
+    routed_layers
 
 REMAT_POLICIES = {
     "none": None,
@@ -13,33 +15,81 @@ REMAT_POLICIES = {
 
 
 class Block(nn.Module):
-    """One layer: pre-norm, post-norm (BERT) or parallel-residual (Pythia) wiring of attention and MLP."""
+    """One layer: pre-norm, post-norm (BERT) or parallel-residual (Pythia) wiring of attention and MLP.
+
+    A `routed` block (DESIGN §1.4) lets its router decide per token whether the whole block, its attention or
+    its MLP runs (headless_jax.model.routing); the wiring is written as steps (x, segment_ids, positions) →
+    new x so that the router can run a step on a subset of tokens.
+    """
     cfg: object
     deterministic: bool
+    routed: bool = False
 
     @nn.compact
     def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL):
         cfg = self.cfg
         attention = Attention(cfg, name="attention")
         mlp = Mlp(cfg, name="mlp")
+        norm_attention, norm_mlp = make_norm(cfg, "norm_attention"), make_norm(cfg, "norm_mlp")
+        skipped = cfg.routing.skip if self.routed else None  # block | attention | mlp
 
-        def attend(h):
-            return attention(h, segment_ids_BxL, positions_BxL, self.deterministic)
+        def run(part, step, x, segment_ids, positions):
+            """`step` on every token, or on the tokens the router picks where `part` is the routed one."""
+            if part != skipped:
+                return step(x, segment_ids, positions)
+            return self.route(step, x, segment_ids, positions, norm_mlp if part == "mlp" else norm_attention)
+
+        def attend(h, segment_ids, positions):
+            return attention(h, segment_ids, positions, self.deterministic)
 
         def feed_forward(h):
             return mlp(h, self.deterministic)
 
-        norm_attention, norm_mlp = make_norm(cfg, "norm_attention"), make_norm(cfg, "norm_mlp")
         if cfg.norm_position == "post":
-            x_BxLxD = norm_attention(x_BxLxD + attend(x_BxLxD))
-            x_BxLxD = norm_mlp(x_BxLxD + feed_forward(x_BxLxD))
-        elif cfg.parallel_residual:
-            x_BxLxD = x_BxLxD + attend(norm_attention(x_BxLxD)) + feed_forward(norm_mlp(x_BxLxD))
+            def attention_step(x, s, p):
+                return norm_attention(x + attend(x, s, p))
+
+            def mlp_step(x, s, p):
+                return norm_mlp(x + feed_forward(x))
         else:
-            x_BxLxD = x_BxLxD + attend(norm_attention(x_BxLxD))
-            x_BxLxD = x_BxLxD + feed_forward(norm_mlp(x_BxLxD))
-        x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
+            def attention_step(x, s, p):
+                return x + attend(norm_attention(x), s, p)
+
+            def mlp_step(x, s, p):
+                return x + feed_forward(norm_mlp(x))
+
+        x, s, p = x_BxLxD, segment_ids_BxL, positions_BxL
+        if cfg.parallel_residual and cfg.norm_position == "pre":  # x + attn(ln1 x) + mlp(ln2 x)
+            if skipped == "mlp":
+                x = run("mlp", mlp_step, x, s, p) + attend(norm_attention(x), s, p)
+            elif skipped == "block":
+                x = run("block", lambda x, s, p: attention_step(x, s, p) + feed_forward(norm_mlp(x)), x, s, p)
+            else:
+                x = run("attention", attention_step, x, s, p) + feed_forward(norm_mlp(x))
+        elif skipped == "block":
+            x = run("block", lambda x, s, p: mlp_step(attention_step(x, s, p), s, p), x, s, p)
+        else:
+            x = run("mlp", mlp_step, run("attention", attention_step, x, s, p), s, p)
+        x_BxLxD = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         return x_BxLxD, None  # (carry, per-layer output) so the same block works under nn.scan
+
+    def route(self, step, x_BxLxD, segment_ids_BxL, positions_BxL, norm):
+        """Runs `step` on the tokens the router picks; sows the layer's routing statistics."""
+        cfg, routing = self.cfg, self.cfg.routing
+        # The router reads the layer's normed input: the routed step's own norm (post-norm inputs are normed).
+        h_BxLxD = x_BxLxD if cfg.norm_position == "post" else norm(x_BxLxD)
+        if routing.kind == "skip":
+            rng = None if self.deterministic else self.make_rng("dropout")  # Gumbel noise: a training-only stream
+            x_BxLxD, stats = route_skip(SkipRouter(cfg, name="router")(h_BxLxD), rng, routing.temperature, step,
+                                        x_BxLxD, segment_ids_BxL, positions_BxL)
+        else:
+            score_BxL, predictor_BxL = TopkRouter(cfg, name="router")(h_BxLxD)
+            use_predictor = cfg.causal and self.deterministic  # causal inference must not look at future tokens
+            x_BxLxD, stats = route_topk(score_BxL, predictor_BxL, routing.capacity, use_predictor, step, x_BxLxD,
+                                        segment_ids_BxL, positions_BxL)
+        for name, value in stats.items():
+            self.sow(COLLECTION, name, value)
+        return x_BxLxD
 
 
 class Transformer(nn.Module):
@@ -61,17 +111,22 @@ class Transformer(nn.Module):
         x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
 
+        check_routing(cfg)
+        routed = routed_layers(cfg)
         block = Block
         if cfg.remat != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
-            layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        if cfg.scan_layers:  # one block shape for all layers: routing, if any, covers every layer (check_routing)
+            layers = nn.scan(block, variable_axes={"params": 0, COLLECTION: 0},
+                             split_rngs={"params": True, "dropout": True},
                              in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                              metadata_params={nn.PARTITION_NAME: "layers"})
-            x_BxLxD, _ = layers(cfg, deterministic, name="layers")(x_BxLxD, segment_ids_BxL, positions_BxL)
+            x_BxLxD, _ = layers(cfg, deterministic, bool(routed), name="layers")(
+                x_BxLxD, segment_ids_BxL, positions_BxL)
         else:
             for i in range(cfg.num_layers):
-                x_BxLxD, _ = block(cfg, deterministic, name=f"layer_{i}")(x_BxLxD, segment_ids_BxL, positions_BxL)
+                x_BxLxD, _ = block(cfg, deterministic, i in routed, name=f"layer_{i}")(
+                    x_BxLxD, segment_ids_BxL, positions_BxL)
         if cfg.norm_position == "pre":
             x_BxLxD = make_norm(cfg, "final_norm")(x_BxLxD)
         return x_BxLxD

@@ -10,10 +10,12 @@ import jax
 import jax.numpy as jnp
 
 from headless_jax.model import embedding_matrix
+from headless_jax.model.routing import COLLECTION
 from headless_jax.objectives.ce import VocabStats, cross_entropy, logits_stats, vocab_stats
 from headless_jax.objectives.cwt import cwt_loss
 from headless_jax.objectives.masking import SpecialTokens, mask_tokens
 from headless_jax.objectives.reduce import weighted_mean
+from headless_jax.objectives.routing import routing_terms
 
 TASKS = ("mlm", "clm")
 LOSSES = ("cwt", "ce", "cwt+ce")
@@ -55,6 +57,7 @@ class Predictions(NamedTuple):
     targets_BxS: jax.Array  # always the original tokens
     valid_BxS: jax.Array  # bool, used as CWT rows and columns and as CE weights
     positions_BxS: jax.Array | None  # MLM: which rows of hidden_BxLxD o comes from
+    routing: dict  # the model's `routing` collection (empty without routed layers)
 
 
 def predictions(config, model, special: SpecialTokens, params, batch: dict, rng: jax.Array,
@@ -62,17 +65,19 @@ def predictions(config, model, special: SpecialTokens, params, batch: dict, rng:
     mask_rng, dropout_rng = jax.random.split(rng)
 
     def hidden(tokens_BxL):
-        return model.apply({"params": params}, tokens_BxL, batch["segment_ids"], batch["positions"],
-                           deterministic=deterministic, rngs={"dropout": dropout_rng})
+        h_BxLxD, state = model.apply({"params": params}, tokens_BxL, batch["segment_ids"], batch["positions"],
+                                     deterministic=deterministic, rngs={"dropout": dropout_rng}, mutable=[COLLECTION])
+        return h_BxLxD, state.get(COLLECTION, {})
 
     if config.objective.task == "mlm":
         masked = mask_tokens(batch["tokens"], mask_rng, config.objective.mask_rate, special, config.model.vocab_size)
-        h_BxLxD = hidden(masked.tokens_BxL)
+        h_BxLxD, routing = hidden(masked.tokens_BxL)
         # Gather first: the losses (and the head, unless ce_all_positions) only see the k selected positions.
         o_BxSxD = jnp.take_along_axis(h_BxLxD, masked.positions_BxK[..., None], axis=1)
-        return Predictions(h_BxLxD, o_BxSxD, masked.targets_BxK, masked.valid_BxK, masked.positions_BxK)
-    h_BxLxD = hidden(batch["tokens"])
-    return Predictions(h_BxLxD, h_BxLxD[:, :-1], *next_token_targets(batch["tokens"], batch["segment_ids"]), None)
+        return Predictions(h_BxLxD, o_BxSxD, masked.targets_BxK, masked.valid_BxK, masked.positions_BxK, routing)
+    h_BxLxD, routing = hidden(batch["tokens"])
+    return Predictions(h_BxLxD, h_BxLxD[:, :-1], *next_token_targets(batch["tokens"], batch["segment_ids"]), None,
+                       routing)
 
 
 def head_stats(config, model, params, pred: Predictions) -> VocabStats:
@@ -105,6 +110,8 @@ def build_objective(config, model, special: SpecialTokens) -> ObjectiveFn:
     cwt_loss / ce_loss, num_tokens (predictions counted) and accuracy, the argmax over the whole vocabulary:
     of the head logits, or for a headless model of o·Eᵀ (in training steps only with
     objective.headless_train_accuracy: it costs the vocabulary matmul a headless model otherwise avoids).
+    Routed models (model.routing) add their budget / predictor loss and `routing/...` metrics
+    (headless_jax.objectives.routing).
     """
     check_config(config)
     obj = config.objective
@@ -128,6 +135,9 @@ def build_objective(config, model, special: SpecialTokens) -> ObjectiveFn:
             stats = embedding_stats(params, pred)
         if stats is not None:
             metrics["accuracy"] = weighted_mean(stats.argmax_N == targets_N, valid_N)
+        routing_loss, routing_metrics = routing_terms(config.model, pred.routing)
+        metrics.update(routing_metrics)
+        loss += routing_loss
         metrics["loss"] = loss
         metrics["num_tokens"] = jnp.sum(valid_N.astype(jnp.float32))
         return loss, metrics

@@ -7,12 +7,21 @@ forward = tokens · Σ_layers [2·N_layer + attention] + predictions · head, wh
 - head per predicted token: classical 2·D·V (+ 2·D·D for the BERT transform); headless CWT 2·K·D, where K
   is the negative-group size in predicted tokens (the [K,K] logits are the whole "head").
 Embedding lookups, norms, softmax and the optimiser are not counted (standard MFU convention).
+
+Routed layers (model.routing, DESIGN §1.4) count what they execute. A `topk` layer runs its routed part
+(block, attention or MLP) on k = round(c·L) of L tokens: its matmuls scale by r = k/L and, when attention
+is routed, its scores by r² (k queries × k keys). A `skip` layer computes densely in training (r = 1); at
+inference its skipped tokens still give keys/values, so only queries, outputs, scores and MLP scale by r.
+Routers add 2·D·(1 topk | 2 skip) per token, the causal topk predictor 2·(D·P + P).
+`effective_forward_flops_per_token` is the inference view (measured executed fractions where given), and
+`routing_flops_metrics` its saving against the dense model.
 """
 import time
 
 import jax
 import jax.numpy as jnp
 
+from headless_jax.model.routing import capacity_tokens, routed_layers, routing_kind
 from headless_jax.objectives.masking import num_masked
 
 # bf16 dense peak FLOP/s per device (chip), from vendor data sheets.
@@ -27,10 +36,63 @@ PEAK_FLOPS = {
 }
 
 
-def layer_matmul_params(model_cfg) -> int:
-    d, heads = model_cfg.d_model, model_cfg.num_heads * model_cfg.head_dim
-    mlp_matrices = 3 if model_cfg.activation == "swiglu" else 2
-    return 4 * d * heads + mlp_matrices * d * model_cfg.mlp_dim
+def layer_forward_flops_per_token(model_cfg, seq_len: int, kind: str = "none", fraction: float = 1.0
+                                  ) -> tuple[float, float]:
+    """(matmul FLOPs, attention-score FLOPs) of one layer per token, for a layer whose routed part (of router
+    `kind`, none for a dense layer) runs on a `fraction` of the tokens."""
+    m = model_cfg
+    heads = m.num_heads * m.head_dim
+    query_out, key_value = 2 * 2 * m.d_model * heads, 2 * 2 * m.d_model * heads
+    mlp = 2 * (3 if m.activation == "swiglu" else 2) * m.d_model * m.mlp_dim
+    scores = 2 * 2 * seq_len * heads * (0.5 if m.causal else 1.0)
+    if kind == "none":
+        return float(query_out + key_value + mlp), float(scores)
+    r = fraction
+    attention_routed, mlp_routed = m.routing.skip in ("block", "attention"), m.routing.skip in ("block", "mlp")
+    key_value_fraction = r if kind == "topk" else 1.0  # skip: every token still gives keys and values
+    router = 2 * m.d_model * (2 if kind == "skip" else 1)
+    if kind == "topk" and m.causal:
+        router += 2 * (m.d_model * m.routing.predictor_dim + m.routing.predictor_dim)
+    matmuls = (query_out * (r if attention_routed else 1.0) + key_value * (key_value_fraction if attention_routed
+               else 1.0) + mlp * (r if mlp_routed else 1.0) + router)
+    return float(matmuls), float(scores * (r * key_value_fraction if attention_routed else 1.0))
+
+
+def executed_fractions(config, train: bool = True) -> dict[int, float]:
+    """Routed layer → share of tokens its routed part runs on: topk k/L; skip 1 in training (dense), else P."""
+    kind, seq_len = routing_kind(config.model), config.data.seq_len
+    if kind == "topk":
+        fraction = capacity_tokens(config.model.routing.capacity, seq_len) / seq_len
+    else:
+        fraction = 1.0 if train else config.model.routing.target
+    return {layer: fraction for layer in routed_layers(config.model)}
+
+
+def body_flops_per_token(config, fractions: dict[int, float]) -> tuple[float, float]:
+    """(matmul, attention-score) forward FLOPs per token over all layers, routed layers at `fractions`."""
+    m, kind = config.model, routing_kind(config.model)
+    parts = [layer_forward_flops_per_token(m, config.data.seq_len, kind if i in fractions else "none",
+                                           fractions.get(i, 1.0)) for i in range(m.num_layers)]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def effective_forward_flops_per_token(config, fractions: dict[int, float] | None = None) -> float:
+    """Body forward FLOPs per token at inference, routed layers at `fractions` (default: topk k/L, skip P)."""
+    return sum(body_flops_per_token(config, executed_fractions(config, train=False) if fractions is None
+                                    else fractions))
+
+
+def routing_flops_metrics(config, metrics: dict[str, float]) -> dict[str, float]:
+    """Effective body FLOPs per token at the executed fractions measured in `metrics`, and the saving
+    against the dense model; {} without routing."""
+    fractions = {}
+    for layer in routed_layers(config.model):
+        fractions[layer] = metrics.get(f"routing/executed_fraction/layer_{layer}")
+    if not fractions or any(f is None for f in fractions.values()):
+        return {}
+    effective = effective_forward_flops_per_token(config, fractions)
+    dense = sum(body_flops_per_token(config, {}))
+    return {"routing/effective_flops_per_token": effective, "routing/flops_saving": 1.0 - effective / dense}
 
 
 def predictions_per_sequence(config) -> int:
@@ -49,8 +111,7 @@ def group_predictions(config, microbatch_rows: int) -> int:
 def forward_flops_per_sequence(config, microbatch_rows: int) -> dict[str, float]:
     """Forward FLOPs for one sequence, split into body matmuls, attention scores and head+loss."""
     m, seq_len = config.model, config.data.seq_len
-    body = seq_len * m.num_layers * 2 * layer_matmul_params(m)
-    attention = seq_len * m.num_layers * 2 * 2 * seq_len * m.num_heads * m.head_dim * (0.5 if m.causal else 1.0)
+    body, attention = (seq_len * f for f in body_flops_per_token(config, executed_fractions(config, train=True)))
     predictions = predictions_per_sequence(config)
     head = 0.0
     if config.objective.task == "mlm" and config.objective.ce_all_positions:

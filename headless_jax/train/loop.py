@@ -145,6 +145,7 @@ def _run(config, workdir, mesh, state, start, train_iterator, train_step, eval_s
         values["tokens_per_second"] = steps * tokens_per_step / elapsed
         values["step_ms"] = 1000 * elapsed / steps
         values["mfu"] = steps * flops_per_step / elapsed / (peak * jax.device_count())
+        values.update(flops_lib.routing_flops_metrics(config, values))
         writer.write(step, "train", values)
         bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
         if values["finite"] < 1:
@@ -168,6 +169,7 @@ def _run(config, workdir, mesh, state, start, train_iterator, train_step, eval_s
             if done % t.eval_every == 0 or done == t.num_steps:
                 report(done)
                 results = evaluate(eval_step, state["params"], eval_batches)
+                results.update(flops_lib.routing_flops_metrics(config, results))
                 writer.write(done, "eval", results)
                 if is_main:
                     bar.write(f"step {done}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
