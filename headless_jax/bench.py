@@ -2,7 +2,7 @@
 
     python -m headless_jax.bench --config=configs/pythia70m.py --out=DIR [--config.x=y ...]
         [--sweep=none|vocab|group|batch] [--steps=N] [--batch=N] [--vocabs=8192,...] [--groups=...]
-        [--batches=...] [--cwt_k [--cwt_ks=1024,...]]
+        [--batches=...] [--objectives=cwt,ce] [--cwt_k [--cwt_ks=1024,...]]
 
 Each case compiles the real train step (build_train_step with the config's objective and optimiser, on a
 mesh over the available devices, random token batches) and reports, per row:
@@ -157,12 +157,12 @@ def classical_head_of(config) -> str:
     return "untied" if config.model.causal else "tied"
 
 
-def sweep_configs(config, sweep: str, values) -> list:
-    """(headless, classical) twins of `config` for each value of the swept quantity."""
+def sweep_configs(config, sweep: str, values, losses=("cwt", "ce")) -> list:
+    """(headless, classical) twins of `config` (or only the `losses` asked for) for each value of the sweep."""
     head = classical_head_of(config)
     cases = []
     for value in values if sweep != "none" else [None]:
-        for loss in ("cwt", "ce"):
+        for loss in losses:
             c = with_objective(config, loss, head)
             if sweep == "vocab":
                 c.model.vocab_size = value
@@ -172,20 +172,21 @@ def sweep_configs(config, sweep: str, values) -> list:
                 c.train.global_batch_size = value
                 if c.objective.cwt_group_size:  # keep the group a divisor of the batch
                     c.objective.cwt_group_size = math.gcd(c.objective.cwt_group_size, value)
-            if sweep == "group" and loss == "ce" and value != values[0]:
+            if sweep == "group" and loss == "ce" and any(c.objective.loss == "ce" for c in cases):
                 continue  # the classical step does not depend on the CWT group size: measure it once
             cases.append(c)
     return cases
 
 
-def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, log=print) -> list[dict]:
+def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, log=print,
+              losses=("cwt", "ce")) -> list[dict]:
     devices = jax.devices() if devices is None else devices
     peak = flops.peak_flops_per_device(config.train.peak_flops_per_device)
     log(f"MFU = train_flops_per_step / (median step time × peak × {len(devices)} devices); peak "
         f"{peak[0]:.3g} FLOP/s per device ({peak[1]}). FLOPs formula: headless_jax.train.flops:\n"
         f"{flops.__doc__}")
     rows = []
-    for c in sweep_configs(config, sweep, values):
+    for c in sweep_configs(config, sweep, values, losses):
         rows.append(bench_case(c, name, steps, devices, peak))
         log(format_table(rows[-1:], header=not rows[:-1]))
     return rows
@@ -315,6 +316,7 @@ if __name__ == "__main__":
     _VOCABS = flags.DEFINE_string("vocabs", ",".join(map(str, DEFAULT_VOCABS)), "Vocabulary sizes (vocab sweep).")
     _GROUPS = flags.DEFINE_string("groups", "1,2,4,8", "CWT group sizes in sequences (group sweep; 0 = batch).")
     _BATCHES = flags.DEFINE_string("batches", "4,8,16,32", "Sequences per device (batch sweep).")
+    _OBJECTIVES = flags.DEFINE_list("objectives", ["cwt", "ce"], "Which twins to time: cwt (headless), ce.")
     _CWT_K = flags.DEFINE_bool("cwt_k", False, "Compare dense vs blockwise CWT over K instead of train steps.")
     _CWT_KS = flags.DEFINE_string("cwt_ks", ",".join(map(str, DEFAULT_CWT_KS)), "K values for --cwt_k.")
     _CWT_BLOCK = flags.DEFINE_integer("cwt_block", 1024, "Column block of the blockwise CWT in --cwt_k.")
@@ -335,7 +337,7 @@ if __name__ == "__main__":
             config.train.global_batch_size = _BATCH.value * len(devices)
             values = {"vocab": int_list(_VOCABS.value), "group": int_list(_GROUPS.value),
                       "batch": [b * len(devices) for b in int_list(_BATCHES.value)], "none": []}[_SWEEP.value]
-            rows = run_sweep(config, _SWEEP.value, values, _STEPS.value, name, devices)
+            rows = run_sweep(config, _SWEEP.value, values, _STEPS.value, name, devices, losses=_OBJECTIVES.value)
             paths = write_outputs(rows, _OUT.value, _SWEEP.value)
         print("\n" + format_table(rows, CWT_COLUMNS if _CWT_K.value else TABLE_COLUMNS))
         print("wrote " + ", ".join(paths.values()))

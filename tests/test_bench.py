@@ -57,6 +57,8 @@ def test_batch_and_group_sweeps_keep_groups_dividing_the_batch():
     group_cases = bench.sweep_configs(config, "group", [1, 8])
     assert [(c.objective.loss, c.objective.cwt_group_size) for c in group_cases] == [("cwt", 1), ("ce", 1), ("cwt", 8)]
     assert config.objective.loss == "cwt" and config.model.head == "none"  # the sweep copies, never mutates
+    only_headless = bench.sweep_configs(config, "vocab", [512, 1024], losses=["cwt"])
+    assert [(c.objective.loss, c.model.vocab_size) for c in only_headless] == [("cwt", 512), ("cwt", 1024)]
 
 
 def test_cwt_k_dense_vs_blockwise_skips_dense_over_budget():
