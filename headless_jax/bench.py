@@ -2,7 +2,7 @@
 
     python -m headless_jax.bench --config=configs/pythia70m.py --out=DIR [--config.x=y ...]
         [--sweep=none|vocab|group|batch] [--steps=N] [--batch=N] [--vocabs=8192,...] [--groups=...]
-        [--batches=...] [--objectives=cwt,ce] [--cwt_k [--cwt_ks=1024,...]]
+        [--batches=...] [--objectives=cwt,ce] [--nohead_share] [--cwt_k [--cwt_ks=1024,...]]
 
 Each case compiles the real train step (build_train_step with the config's objective and optimiser, on a
 mesh over the available devices, random token batches) and reports, per row:
@@ -14,7 +14,8 @@ mesh over the available devices, random token batches) and reports, per row:
 - peak device memory from the compiled step's memory analysis: temp + argument + output − alias bytes
   (donated state is counted once), None where the backend reports nothing;
 - head_share = 1 − t_body / t_full, where t_body times the same train step with a stand-in "body-only"
-  objective, loss = mean(h²) over the final hidden states (no head, no CE/CWT), clipped at 0.
+  objective, loss = mean(h²) over the final hidden states (no head, no CE/CWT), clipped at 0 (None with
+  --nohead_share, which skips that second timing).
 
 `--cwt_k` instead compares the dense and blockwise CWT loss (value and gradient, jitted) on random o, t of
 K rows: compiled memory for every K, and times where the dense [K,K] logits fit --host_memory_gb.
@@ -117,15 +118,16 @@ def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int
     return results
 
 
-def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, str] | None = None) -> dict:
-    """One row: the config's train step timed in full and with the body-only objective."""
+def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, str] | None = None,
+               head_share: bool = True) -> dict:
+    """One row: the config's train step timed in full and (for head_share) with the body-only objective."""
     devices = jax.devices() if devices is None else devices
     mesh, rules = make_mesh(config.mesh, devices), axis_rules(config.mesh)
     batch = random_batch(config.train.global_batch_size, config.data.seq_len, config.model.vocab_size, config.seed)
     full = lambda model: objectives.build_objective(config, model, objectives.SpecialTokens())  # noqa: E731
-    (times, memory), (body_times, _) = time_train_steps(config, [full, body_only_objective], mesh, rules, batch,
-                                                        steps)
-    median, body_median = statistics.median(times), statistics.median(body_times)
+    timed = time_train_steps(config, [full, body_only_objective][:2 if head_share else 1], mesh, rules, batch, steps)
+    (times, memory), median = timed[0], statistics.median(timed[0][0])
+    body_median = statistics.median(timed[1][0]) if head_share else None
     peak_flops, peak_source = peak or flops.peak_flops_per_device(config.train.peak_flops_per_device)
     step_flops = flops.train_flops_per_step(config)
     tokens = config.train.global_batch_size * config.data.seq_len
@@ -135,11 +137,11 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
         "batch": config.train.global_batch_size, "batch_per_device": config.train.global_batch_size // len(devices),
         "seq_len": config.data.seq_len, "group_size": config.objective.cwt_group_size,
         "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
-        "body_step_ms_median": 1e3 * body_median, "tokens_per_s": tokens / median,
+        "body_step_ms_median": None if body_median is None else 1e3 * body_median, "tokens_per_s": tokens / median,
         "flops_per_step": step_flops["total"], "head_flops_per_step": step_flops["head"],
         "mfu": step_flops["total"] / (median * peak_flops * len(devices)),
         "peak_flops_per_device": peak_flops, "peak_flops_source": peak_source,
-        "peak_memory_bytes": memory, "head_share": max(0.0, 1.0 - body_median / median),
+        "peak_memory_bytes": memory, "head_share": None if body_median is None else max(0.0, 1.0 - body_median / median),
         "devices": len(devices), "device_kind": devices[0].device_kind, "jax_version": jax.__version__,
         "steps": steps,
     }
@@ -179,7 +181,7 @@ def sweep_configs(config, sweep: str, values, losses=("cwt", "ce")) -> list:
 
 
 def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, log=print,
-              losses=("cwt", "ce")) -> list[dict]:
+              losses=("cwt", "ce"), head_share: bool = True) -> list[dict]:
     devices = jax.devices() if devices is None else devices
     peak = flops.peak_flops_per_device(config.train.peak_flops_per_device)
     log(f"MFU = train_flops_per_step / (median step time × peak × {len(devices)} devices); peak "
@@ -187,7 +189,7 @@ def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, l
         f"{flops.__doc__}")
     rows = []
     for c in sweep_configs(config, sweep, values, losses):
-        rows.append(bench_case(c, name, steps, devices, peak))
+        rows.append(bench_case(c, name, steps, devices, peak, head_share))
         log(format_table(rows[-1:], header=not rows[:-1]))
     return rows
 
@@ -317,6 +319,7 @@ if __name__ == "__main__":
     _GROUPS = flags.DEFINE_string("groups", "1,2,4,8", "CWT group sizes in sequences (group sweep; 0 = batch).")
     _BATCHES = flags.DEFINE_string("batches", "4,8,16,32", "Sequences per device (batch sweep).")
     _OBJECTIVES = flags.DEFINE_list("objectives", ["cwt", "ce"], "Which twins to time: cwt (headless), ce.")
+    _HEAD_SHARE = flags.DEFINE_bool("head_share", True, "Also time the body-only step (doubles the run time).")
     _CWT_K = flags.DEFINE_bool("cwt_k", False, "Compare dense vs blockwise CWT over K instead of train steps.")
     _CWT_KS = flags.DEFINE_string("cwt_ks", ",".join(map(str, DEFAULT_CWT_KS)), "K values for --cwt_k.")
     _CWT_BLOCK = flags.DEFINE_integer("cwt_block", 1024, "Column block of the blockwise CWT in --cwt_k.")
@@ -337,7 +340,8 @@ if __name__ == "__main__":
             config.train.global_batch_size = _BATCH.value * len(devices)
             values = {"vocab": int_list(_VOCABS.value), "group": int_list(_GROUPS.value),
                       "batch": [b * len(devices) for b in int_list(_BATCHES.value)], "none": []}[_SWEEP.value]
-            rows = run_sweep(config, _SWEEP.value, values, _STEPS.value, name, devices, losses=_OBJECTIVES.value)
+            rows = run_sweep(config, _SWEEP.value, values, _STEPS.value, name, devices, losses=_OBJECTIVES.value,
+                             head_share=_HEAD_SHARE.value)
             paths = write_outputs(rows, _OUT.value, _SWEEP.value)
         print("\n" + format_table(rows, CWT_COLUMNS if _CWT_K.value else TABLE_COLUMNS))
         print("wrote " + ", ".join(paths.values()))

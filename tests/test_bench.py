@@ -48,6 +48,20 @@ def test_vocab_sweep_writes_complete_rows(tmp_path):
     assert "| cwt | 512 |" in open(paths["md"]).read()
 
 
+def test_without_head_share_only_the_full_step_is_timed(monkeypatch):
+    timed, original = [], bench.time_train_steps
+
+    def counting(config, objective_fns, *args):
+        timed.append(len(objective_fns))
+        return original(config, objective_fns, *args)
+
+    monkeypatch.setattr(bench, "time_train_steps", counting)
+    [row] = bench.run_sweep(tiny_clm(), "none", [], steps=1, name="tiny", devices=jax.devices()[:1],
+                            log=lambda _: None, losses=["cwt"], head_share=False)
+    assert timed == [1] and row["objective"] == "cwt"
+    assert row["head_share"] is None and row["body_step_ms_median"] is None and row["step_ms_median"] > 0
+
+
 def test_batch_and_group_sweeps_keep_groups_dividing_the_batch():
     config = tiny_clm()
     config.objective.cwt_group_size = 4
