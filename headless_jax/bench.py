@@ -2,12 +2,13 @@
 
     python -m headless_jax.bench --config=configs/pythia70m.py --out=DIR [--config.x=y ...]
         [--sweep=none|vocab|group|batch] [--steps=N] [--batch=N] [--vocabs=8192,...] [--groups=...]
-        [--batches=...] [--objectives=cwt,ce] [--nohead_share] [--cwt_k [--cwt_ks=1024,...]]
+        [--batches=...] [--objectives=cwt,ce] [--nohead_share] [--cwt_k [--cwt_ks=1024,...] [--cwt_time_max_k=N]]
 
 Each case compiles the real train step (build_train_step with the config's objective and optimiser, on a
 mesh over the available devices, random token batches) and reports, per row:
 - step time: median, min and max of --steps timed steps (the first call after compiling is a warm-up and
-  not timed), each `time.perf_counter` around `jax.block_until_ready` of the outputs;
+  not timed), each `time.perf_counter` around `jax.block_until_ready` of the outputs; cpu_ms_median: the
+  process CPU time (all threads) of those steps, steadier than wall time on a shared CPU host;
 - tokens/s = global batch · seq_len / median step time;
 - MFU = flops.train_flops_per_step(config)['total'] / (median · peak FLOP/s per device · devices), with the
   formula of headless_jax.train.flops (6·N·tokens + attention, causal halved, + head) and its peak source;
@@ -82,18 +83,21 @@ def memory_bytes(compiled) -> int | None:
     return int(sum(f or 0 for f in fields) - (getattr(analysis, "alias_size_in_bytes", 0) or 0))
 
 
-def time_calls(call, steps: int) -> list[float]:
-    """Seconds of each of `steps` calls of `call()` (which returns the arrays to wait for)."""
-    times = []
+def time_calls(call, steps: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds (all threads) of each of `steps` calls of `call()` (which returns
+    the arrays to wait for). On a CPU shared with other jobs the CPU time is the steadier of the two."""
+    times, cpu_times = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         jax.block_until_ready(call())
         times.append(time.perf_counter() - start)
-    return times
+        cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times
 
 
 def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int) -> list[tuple[list, int | None]]:
-    """For each objective, (step times in s, compiled memory bytes) of the train step; one state serves all."""
+    """For each objective, (step times in s, CPU times in s, compiled memory bytes) of the train step; one
+    state serves all."""
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     schedule = learning_rate_schedule(config.optim, config.train.num_steps)
@@ -112,9 +116,9 @@ def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int
                 holder["state"], metrics = compiled(holder["state"], device_batch)
                 return holder["state"], metrics
 
-            times = time_calls(call, steps)
+            times, cpu_times = time_calls(call, steps)
             state = holder["state"]
-            results.append((times, memory_bytes(compiled)))
+            results.append((times, cpu_times, memory_bytes(compiled)))
     return results
 
 
@@ -126,7 +130,7 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
     batch = random_batch(config.train.global_batch_size, config.data.seq_len, config.model.vocab_size, config.seed)
     full = lambda model: objectives.build_objective(config, model, objectives.SpecialTokens())  # noqa: E731
     timed = time_train_steps(config, [full, body_only_objective][:2 if head_share else 1], mesh, rules, batch, steps)
-    (times, memory), median = timed[0], statistics.median(timed[0][0])
+    (times, cpu_times, memory), median = timed[0], statistics.median(timed[0][0])
     body_median = statistics.median(timed[1][0]) if head_share else None
     peak_flops, peak_source = peak or flops.peak_flops_per_device(config.train.peak_flops_per_device)
     step_flops = flops.train_flops_per_step(config)
@@ -137,6 +141,7 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
         "batch": config.train.global_batch_size, "batch_per_device": config.train.global_batch_size // len(devices),
         "seq_len": config.data.seq_len, "group_size": config.objective.cwt_group_size,
         "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
+        "cpu_ms_median": 1e3 * statistics.median(cpu_times),
         "body_step_ms_median": None if body_median is None else 1e3 * body_median, "tokens_per_s": tokens / median,
         "flops_per_step": step_flops["total"], "head_flops_per_step": step_flops["head"],
         "mfu": step_flops["total"] / (median * peak_flops * len(devices)),
@@ -195,7 +200,7 @@ def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, l
 
 
 TABLE_COLUMNS = ("objective", "vocab", "batch", "seq_len", "group_size", "step_ms_median", "step_ms_min",
-                 "step_ms_max", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share")
+                 "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share")
 
 
 def format_value(value) -> str:
@@ -249,8 +254,9 @@ class CwtCase:
     block_size: int  # 0 = dense
 
 
-def cwt_k_case(case: CwtCase, steps: int, host_memory_bytes: float) -> dict:
-    """Compiled memory, and times where feasible, of the CWT loss's value and gradient on random o, t [K,D]."""
+def cwt_k_case(case: CwtCase, steps: int, host_memory_bytes: float, time_max_k: int = 0) -> dict:
+    """Compiled memory, and times where feasible (and K ≤ time_max_k, if > 0), of the CWT loss's value and
+    gradient on random o, t [K,D]."""
     rng_o, rng_t = jax.random.split(jax.random.PRNGKey(0))
     o = jax.random.normal(rng_o, (1, case.k, case.dim), jnp.float32) / math.sqrt(case.dim)
     t = jax.random.normal(rng_t, (1, case.k, case.dim), jnp.float32) / math.sqrt(case.dim)
@@ -267,27 +273,31 @@ def cwt_k_case(case: CwtCase, steps: int, host_memory_bytes: float) -> dict:
     row = {"mode": "dense" if case.block_size == 0 else f"blockwise({case.block_size})", "k": case.k,
            "dim": case.dim, "block_size": case.block_size, "peak_memory_bytes": memory,
            "device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__, "note": ""}
-    if needed > host_memory_bytes:
-        row.update(step_ms_median=None, step_ms_min=None, step_ms_max=None,
-                   note=f"not run: needs ~{needed / 2**30:.1f} GiB > host budget {host_memory_bytes / 2**30:.1f} GiB")
+    skip = (f"not run: needs ~{needed / 2**30:.1f} GiB > host budget {host_memory_bytes / 2**30:.1f} GiB"
+            if needed > host_memory_bytes else
+            f"not timed: K > --cwt_time_max_k={time_max_k}" if 0 < time_max_k < case.k else None)
+    if skip:
+        row.update(step_ms_median=None, step_ms_min=None, step_ms_max=None, cpu_ms_median=None, note=skip)
         return row
     jax.block_until_ready(compiled(o, t))  # warm-up
-    times = time_calls(lambda: compiled(o, t), steps)
+    times, cpu_times = time_calls(lambda: compiled(o, t), steps)
     row.update(step_ms_median=1e3 * statistics.median(times), step_ms_min=1e3 * min(times),
-               step_ms_max=1e3 * max(times))
+               step_ms_max=1e3 * max(times), cpu_ms_median=1e3 * statistics.median(cpu_times))
     return row
 
 
-def run_cwt_k(ks, dim: int, block_size: int, steps: int, host_memory_bytes: float, log=print) -> list[dict]:
+def run_cwt_k(ks, dim: int, block_size: int, steps: int, host_memory_bytes: float, log=print,
+              time_max_k: int = 0) -> list[dict]:
     rows = []
     for k in ks:
         for block in (0, min(block_size, k)):
-            rows.append(cwt_k_case(CwtCase(k, dim, block), steps, host_memory_bytes))
+            rows.append(cwt_k_case(CwtCase(k, dim, block), steps, host_memory_bytes, time_max_k))
             log(format_table(rows[-1:], CWT_COLUMNS, header=len(rows) == 1))
     return rows
 
 
-CWT_COLUMNS = ("mode", "k", "dim", "step_ms_median", "step_ms_min", "step_ms_max", "peak_memory_bytes", "note")
+CWT_COLUMNS = ("mode", "k", "dim", "step_ms_median", "step_ms_min", "step_ms_max", "cpu_ms_median",
+               "peak_memory_bytes", "note")
 
 
 def write_outputs(rows: list[dict], out: str, mode: str, columns=TABLE_COLUMNS) -> dict[str, str]:
@@ -324,6 +334,7 @@ if __name__ == "__main__":
     _CWT_KS = flags.DEFINE_string("cwt_ks", ",".join(map(str, DEFAULT_CWT_KS)), "K values for --cwt_k.")
     _CWT_BLOCK = flags.DEFINE_integer("cwt_block", 1024, "Column block of the blockwise CWT in --cwt_k.")
     _HOST_GB = flags.DEFINE_float("host_memory_gb", 8.0, "--cwt_k: dense cases needing more are compiled only.")
+    _CWT_TIME_MAX_K = flags.DEFINE_integer("cwt_time_max_k", 0, "--cwt_k: larger K are compiled only (0 = time all).")
     flags.mark_flags_as_required(["config", "out"])
 
     def main(argv):
@@ -332,7 +343,7 @@ if __name__ == "__main__":
         config = _CONFIG.value
         if _CWT_K.value:
             rows = run_cwt_k(int_list(_CWT_KS.value), config.model.d_model, _CWT_BLOCK.value, _STEPS.value,
-                             _HOST_GB.value * 2**30)
+                             _HOST_GB.value * 2**30, time_max_k=_CWT_TIME_MAX_K.value)
             paths = write_outputs(rows, _OUT.value, "cwt_k", CWT_COLUMNS)
         else:
             devices = jax.devices()

@@ -8,7 +8,7 @@ from headless_jax import bench
 from tests.train_helpers import tiny_config
 
 FIELDS = ("config", "objective", "vocab", "batch", "seq_len", "group_size", "step_ms_median", "step_ms_min",
-          "step_ms_max", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share", "device_kind", "jax_version")
+          "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share", "device_kind", "jax_version")
 
 
 def tiny_clm(vocab: int = 256):
@@ -23,6 +23,7 @@ def check_row(row, devices):
         assert field in row, field
     assert row["device_kind"] == devices[0].device_kind and row["jax_version"] == jax.__version__
     assert 0 < row["step_ms_min"] <= row["step_ms_median"] <= row["step_ms_max"]
+    assert row["cpu_ms_median"] > 0
     assert math.isclose(row["tokens_per_s"], row["batch"] * row["seq_len"] / (row["step_ms_median"] / 1e3))
     assert 0 < row["mfu"] < 1
     assert 0 <= row["head_share"] < 1
@@ -75,15 +76,16 @@ def test_batch_and_group_sweeps_keep_groups_dividing_the_batch():
     assert [(c.objective.loss, c.model.vocab_size) for c in only_headless] == [("cwt", 512), ("cwt", 1024)]
 
 
-def test_cwt_k_dense_vs_blockwise_skips_dense_over_budget():
+def test_cwt_k_dense_vs_blockwise_skips_dense_over_budget_and_large_k():
     rows = bench.run_cwt_k([256, 512], dim=16, block_size=128, steps=2, host_memory_bytes=2**20,
-                           log=lambda _: None)
+                           log=lambda _: None, time_max_k=256)
     assert [(r["mode"], r["k"]) for r in rows] == [("dense", 256), ("blockwise(128)", 256), ("dense", 512),
                                                     ("blockwise(128)", 512)]
     ran = [r for r in rows if r["step_ms_median"] is not None]
-    assert len(ran) == 3 and rows[2]["step_ms_median"] is None and "not run" in rows[2]["note"]
+    assert len(ran) == 2 and rows[2]["step_ms_median"] is None and "not run" in rows[2]["note"]
+    assert rows[3]["step_ms_median"] is None and "not timed: K > --cwt_time_max_k=256" in rows[3]["note"]
     for r in ran:
-        assert 0 < r["step_ms_min"] <= r["step_ms_median"] <= r["step_ms_max"]
+        assert 0 < r["step_ms_min"] <= r["step_ms_median"] <= r["step_ms_max"] and r["cpu_ms_median"] > 0
     memory = {(r["mode"], r["k"]): r["peak_memory_bytes"] for r in rows}
     if memory[("dense", 512)] is not None:  # reported even when not run; the [K,K] logits dominate dense
         assert memory[("dense", 512)] >= 4 * 512**2
