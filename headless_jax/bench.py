@@ -13,7 +13,8 @@ mesh over the available devices, random token batches) and reports, per row:
 - MFU = flops.train_flops_per_step(config)['total'] / (median · peak FLOP/s per device · devices), with the
   formula of headless_jax.train.flops (6·N·tokens + attention, causal halved, + head) and its peak source;
 - peak device memory from the compiled step's memory analysis: temp + argument + output − alias bytes
-  (donated state is counted once), None where the backend reports nothing;
+  (donated state is counted once), None where the backend reports nothing; bytes_accessed: XLA's cost
+  analysis of the step (a scanned layer counts once), a load-independent view of vocabulary-sized work;
 - head_share = 1 − t_body / t_full, where t_body times the same train step with a stand-in "body-only"
   objective, loss = mean(h²) over the final hidden states (no head, no CE/CWT), clipped at 0 (None with
   --nohead_share, which skips that second timing).
@@ -83,6 +84,17 @@ def memory_bytes(compiled) -> int | None:
     return int(sum(f or 0 for f in fields) - (getattr(analysis, "alias_size_in_bytes", 0) or 0))
 
 
+def bytes_accessed(compiled) -> float | None:
+    """XLA's estimate of the bytes a compiled computation reads and writes, or None where there is none.
+    A loop body (scanned layers, microbatches) is counted once: use it to compare vocabulary-sized work."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return (cost or {}).get("bytes accessed")
+
+
 def time_calls(call, steps: int) -> tuple[list[float], list[float]]:
     """Wall-clock and process CPU seconds (all threads) of each of `steps` calls of `call()` (which returns
     the arrays to wait for). On a CPU shared with other jobs the CPU time is the steadier of the two."""
@@ -96,8 +108,8 @@ def time_calls(call, steps: int) -> tuple[list[float], list[float]]:
 
 
 def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int) -> list[tuple[list, int | None]]:
-    """For each objective, (step times in s, CPU times in s, compiled memory bytes) of the train step; one
-    state serves all."""
+    """For each objective, (step times in s, CPU times in s, compiled memory bytes, bytes accessed) of the
+    train step; one state serves all."""
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     schedule = learning_rate_schedule(config.optim, config.train.num_steps)
@@ -118,7 +130,7 @@ def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int
 
             times, cpu_times = time_calls(call, steps)
             state = holder["state"]
-            results.append((times, cpu_times, memory_bytes(compiled)))
+            results.append((times, cpu_times, memory_bytes(compiled), bytes_accessed(compiled)))
     return results
 
 
@@ -130,7 +142,7 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
     batch = random_batch(config.train.global_batch_size, config.data.seq_len, config.model.vocab_size, config.seed)
     full = lambda model: objectives.build_objective(config, model, objectives.SpecialTokens())  # noqa: E731
     timed = time_train_steps(config, [full, body_only_objective][:2 if head_share else 1], mesh, rules, batch, steps)
-    (times, cpu_times, memory), median = timed[0], statistics.median(timed[0][0])
+    (times, cpu_times, memory, accessed), median = timed[0], statistics.median(timed[0][0])
     body_median = statistics.median(timed[1][0]) if head_share else None
     peak_flops, peak_source = peak or flops.peak_flops_per_device(config.train.peak_flops_per_device)
     step_flops = flops.train_flops_per_step(config)
@@ -146,7 +158,7 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
         "flops_per_step": step_flops["total"], "head_flops_per_step": step_flops["head"],
         "mfu": step_flops["total"] / (median * peak_flops * len(devices)),
         "peak_flops_per_device": peak_flops, "peak_flops_source": peak_source,
-        "peak_memory_bytes": memory, "head_share": None if body_median is None else max(0.0, 1.0 - body_median / median),
+        "peak_memory_bytes": memory, "bytes_accessed": accessed, "head_share": None if body_median is None else max(0.0, 1.0 - body_median / median),
         "devices": len(devices), "device_kind": devices[0].device_kind, "jax_version": jax.__version__,
         "steps": steps,
     }
@@ -200,7 +212,8 @@ def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, l
 
 
 TABLE_COLUMNS = ("objective", "vocab", "batch", "seq_len", "group_size", "step_ms_median", "step_ms_min",
-                 "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share")
+                 "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes", "bytes_accessed",
+                 "head_share")
 
 
 def format_value(value) -> str:

@@ -8,7 +8,8 @@ from headless_jax import bench
 from tests.train_helpers import tiny_config
 
 FIELDS = ("config", "objective", "vocab", "batch", "seq_len", "group_size", "step_ms_median", "step_ms_min",
-          "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share", "device_kind", "jax_version")
+          "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes", "bytes_accessed", "head_share",
+          "device_kind", "jax_version")
 
 
 def tiny_clm(vocab: int = 256):
@@ -28,6 +29,7 @@ def check_row(row, devices):
     assert 0 < row["mfu"] < 1
     assert 0 <= row["head_share"] < 1
     assert row["peak_memory_bytes"] is None or row["peak_memory_bytes"] > 0
+    assert row["bytes_accessed"] is None or row["bytes_accessed"] > 0
 
 
 def test_vocab_sweep_writes_complete_rows(tmp_path):
