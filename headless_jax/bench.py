@@ -158,7 +158,8 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
         "flops_per_step": step_flops["total"], "head_flops_per_step": step_flops["head"],
         "mfu": step_flops["total"] / (median * peak_flops * len(devices)),
         "peak_flops_per_device": peak_flops, "peak_flops_source": peak_source,
-        "peak_memory_bytes": memory, "bytes_accessed": accessed, "head_share": None if body_median is None else max(0.0, 1.0 - body_median / median),
+        "peak_memory_bytes": memory, "bytes_accessed": accessed,
+        "head_share": None if body_median is None else max(0.0, 1.0 - body_median / median),
         "devices": len(devices), "device_kind": devices[0].device_kind, "jax_version": jax.__version__,
         "steps": steps,
     }

@@ -18,7 +18,8 @@ from headless_jax.validate import ConfigError, validate_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 TWIN_ARGS = {"demo": [None, "ce", "cwt+ce"], "clm_demo": [None, "ce"], "bert_base": [None, "ce"],
-             "pythia70m": [None, "ce"], "pythia160m": [None, "ce"], "multilingual": [None, "ce"], "vocab_study": [None, "ce,200000"],
+             "pythia70m": [None, "ce"], "pythia160m": [None, "ce"], "multilingual": [None, "ce"],
+             "vocab_study": [None, "ce,200000"],
              "batch_study": [None, "ce,256"]}
 
 
