@@ -2,7 +2,8 @@
 
     python -m headless_jax.bench --config=configs/pythia70m.py --out=DIR [--config.x=y ...]
         [--sweep=none|vocab|group|batch] [--steps=N] [--batch=N] [--vocabs=8192,...] [--groups=...]
-        [--batches=...] [--objectives=cwt,ce] [--nohead_share] [--cwt_k [--cwt_ks=1024,...] [--cwt_time_max_k=N]]
+        [--batches=...] [--objectives=cwt,ce] [--nohead_share]
+        [--cwt_k [--cwt_ks=1024,...] [--cwt_time_max_k=N]]
 
 Each case compiles the real train step (build_train_step with the config's objective and optimiser, on a
 mesh over the available devices, random token batches) and reports, per row:
@@ -107,7 +108,7 @@ def time_calls(call, steps: int) -> tuple[list[float], list[float]]:
     return times, cpu_times
 
 
-def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int) -> list[tuple[list, int | None]]:
+def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int) -> list[tuple]:
     """For each objective, (step times in s, CPU times in s, compiled memory bytes, bytes accessed) of the
     train step; one state serves all."""
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
@@ -192,7 +193,7 @@ def sweep_configs(config, sweep: str, values, losses=("cwt", "ce")) -> list:
                 c.train.global_batch_size = value
                 if c.objective.cwt_group_size:  # keep the group a divisor of the batch
                     c.objective.cwt_group_size = math.gcd(c.objective.cwt_group_size, value)
-            if sweep == "group" and loss == "ce" and any(c.objective.loss == "ce" for c in cases):
+            if sweep == "group" and loss == "ce" and any(case.objective.loss == "ce" for case in cases):
                 continue  # the classical step does not depend on the CWT group size: measure it once
             cases.append(c)
     return cases

@@ -10,8 +10,6 @@ import jax
 import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
-
-
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 CUDNN_MAX_HEAD_DIM = 128  # 256 on Hopper and later; 128 holds on every GPU cuDNN's flash kernel supports
 SPLASH_BLOCK = 128  # the kernel's default q/kv tile: the sequence must be a multiple of it
