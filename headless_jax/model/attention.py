@@ -72,7 +72,8 @@ def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool
 
 def cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool) -> jax.Array:
     """cuDNN flash kernel. The segment/padding mask reaches it as a [B,1,L,L] additive bias (large negative
-    where masked), so it costs B·L² memory; fully masked (padding) query rows stay finite."""
+    where masked), so it costs B·L² memory (and JAX's cuDNN backward also forms that bias's unused gradient);
+    fully masked (padding) query rows stay finite."""
     mask = attention_mask(segment_ids_BxL, causal=False)  # causality goes through the kernel's own flag
     return jax.nn.dot_product_attention(
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask, is_causal=causal, implementation="cudnn")
