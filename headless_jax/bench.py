@@ -2,19 +2,23 @@
 
     python -m headless_jax.bench --config=configs/pythia70m.py --out=DIR [--config.x=y ...]
         [--sweep=none|vocab|group|batch|routing] [--steps=N] [--batch=N] [--vocabs=8192,...] [--groups=...]
-        [--batches=...] [--capacities=0.5,...] [--cwt_k [--cwt_ks=1024,...]]
+        [--batches=...] [--capacities=0.5,...] [--objectives=cwt,ce] [--nohead_share]
+        [--cwt_k [--cwt_ks=1024,...] [--cwt_time_max_k=N]]
 
 Each case compiles the real train step (build_train_step with the config's objective and optimiser, on a
 mesh over the available devices, random token batches) and reports, per row:
 - step time: median, min and max of --steps timed steps (the first call after compiling is a warm-up and
-  not timed), each `time.perf_counter` around `jax.block_until_ready` of the outputs;
+  not timed), each `time.perf_counter` around `jax.block_until_ready` of the outputs; cpu_ms_median: the
+  process CPU time (all threads) of those steps, steadier than wall time on a shared CPU host;
 - tokens/s = global batch · seq_len / median step time;
 - MFU = flops.train_flops_per_step(config)['total'] / (median · peak FLOP/s per device · devices), with the
   formula of headless_jax.train.flops (6·N·tokens + attention, causal halved, + head) and its peak source;
 - peak device memory from the compiled step's memory analysis: temp + argument + output − alias bytes
-  (donated state is counted once), None where the backend reports nothing;
+  (donated state is counted once), None where the backend reports nothing; bytes_accessed: XLA's cost
+  analysis of the step (a scanned layer counts once), a load-independent view of vocabulary-sized work;
 - head_share = 1 − t_body / t_full, where t_body times the same train step with a stand-in "body-only"
-  objective, loss = mean(h²) over the final hidden states (no head, no CE/CWT), clipped at 0.
+  objective, loss = mean(h²) over the final hidden states (no head, no CE/CWT), clipped at 0 (None with
+  --nohead_share, which skips that second timing).
 `--sweep=routing` times the dense model against `topk` routing (Mixture-of-Depths, DESIGN §1.4) at each of
 --capacities on the config's model.routing.layers (default every other layer), both objectives, layers not
 scanned in any case (a routed/dense mix cannot be scanned); flops_per_step counts what the routed layers run.
@@ -85,18 +89,32 @@ def memory_bytes(compiled) -> int | None:
     return int(sum(f or 0 for f in fields) - (getattr(analysis, "alias_size_in_bytes", 0) or 0))
 
 
-def time_calls(call, steps: int) -> list[float]:
-    """Seconds of each of `steps` calls of `call()` (which returns the arrays to wait for)."""
-    times = []
+def bytes_accessed(compiled) -> float | None:
+    """XLA's estimate of the bytes a compiled computation reads and writes, or None where there is none.
+    A loop body (scanned layers, microbatches) is counted once: use it to compare vocabulary-sized work."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return (cost or {}).get("bytes accessed")
+
+
+def time_calls(call, steps: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds (all threads) of each of `steps` calls of `call()` (which returns
+    the arrays to wait for). On a CPU shared with other jobs the CPU time is the steadier of the two."""
+    times, cpu_times = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         jax.block_until_ready(call())
         times.append(time.perf_counter() - start)
-    return times
+        cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times
 
 
-def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int) -> list[tuple[list, int | None]]:
-    """For each objective, (step times in s, compiled memory bytes) of the train step; one state serves all."""
+def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int) -> list[tuple]:
+    """For each objective, (step times in s, CPU times in s, compiled memory bytes, bytes accessed) of the
+    train step; one state serves all."""
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
     optimizer = make_optimizer(config.optim, config.train.num_steps)
     schedule = learning_rate_schedule(config.optim, config.train.num_steps)
@@ -115,21 +133,22 @@ def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int
                 holder["state"], metrics = compiled(holder["state"], device_batch)
                 return holder["state"], metrics
 
-            times = time_calls(call, steps)
+            times, cpu_times = time_calls(call, steps)
             state = holder["state"]
-            results.append((times, memory_bytes(compiled)))
+            results.append((times, cpu_times, memory_bytes(compiled), bytes_accessed(compiled)))
     return results
 
 
-def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, str] | None = None) -> dict:
-    """One row: the config's train step timed in full and with the body-only objective."""
+def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, str] | None = None,
+               head_share: bool = True) -> dict:
+    """One row: the config's train step timed in full and (for head_share) with the body-only objective."""
     devices = jax.devices() if devices is None else devices
     mesh, rules = make_mesh(config.mesh, devices), axis_rules(config.mesh)
     batch = random_batch(config.train.global_batch_size, config.data.seq_len, config.model.vocab_size, config.seed)
     full = lambda model: objectives.build_objective(config, model, objectives.SpecialTokens())  # noqa: E731
-    (times, memory), (body_times, _) = time_train_steps(config, [full, body_only_objective], mesh, rules, batch,
-                                                        steps)
-    median, body_median = statistics.median(times), statistics.median(body_times)
+    timed = time_train_steps(config, [full, body_only_objective][:2 if head_share else 1], mesh, rules, batch, steps)
+    (times, cpu_times, memory, accessed), median = timed[0], statistics.median(timed[0][0])
+    body_median = statistics.median(timed[1][0]) if head_share else None
     peak_flops, peak_source = peak or flops.peak_flops_per_device(config.train.peak_flops_per_device)
     step_flops = flops.train_flops_per_step(config)
     tokens = config.train.global_batch_size * config.data.seq_len
@@ -139,11 +158,13 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
         "batch": config.train.global_batch_size, "batch_per_device": config.train.global_batch_size // len(devices),
         "seq_len": config.data.seq_len, "group_size": config.objective.cwt_group_size,
         "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
-        "body_step_ms_median": 1e3 * body_median, "tokens_per_s": tokens / median,
+        "cpu_ms_median": 1e3 * statistics.median(cpu_times),
+        "body_step_ms_median": None if body_median is None else 1e3 * body_median, "tokens_per_s": tokens / median,
         "flops_per_step": step_flops["total"], "head_flops_per_step": step_flops["head"],
         "mfu": step_flops["total"] / (median * peak_flops * len(devices)),
         "peak_flops_per_device": peak_flops, "peak_flops_source": peak_source,
-        "peak_memory_bytes": memory, "head_share": max(0.0, 1.0 - body_median / median),
+        "peak_memory_bytes": memory, "bytes_accessed": accessed,
+        "head_share": None if body_median is None else max(0.0, 1.0 - body_median / median),
         "devices": len(devices), "device_kind": devices[0].device_kind, "jax_version": jax.__version__,
         "steps": steps,
     }
@@ -171,12 +192,12 @@ def classical_head_of(config) -> str:
     return "untied" if config.model.causal else "tied"
 
 
-def sweep_configs(config, sweep: str, values) -> list:
-    """(headless, classical) twins of `config` for each value of the swept quantity."""
+def sweep_configs(config, sweep: str, values, losses=("cwt", "ce")) -> list:
+    """(headless, classical) twins of `config` (or only the `losses` asked for) for each value of the sweep."""
     head = classical_head_of(config)
     cases = []
     for value in values if sweep != "none" else [None]:
-        for loss in ("cwt", "ce"):
+        for loss in losses:
             c = with_objective(config, loss, head)
             if sweep == "vocab":
                 c.model.vocab_size = value
@@ -189,22 +210,22 @@ def sweep_configs(config, sweep: str, values) -> list:
             elif sweep == "routing":  # value 0: the dense model; else topk at capacity `value`
                 c.model.scan_layers = False
                 c.model.routing.update(kind="topk" if value else "none", capacity=value or c.model.routing.capacity)
-            if sweep == "group" and loss == "ce" and value != values[0]:
+            if sweep == "group" and loss == "ce" and any(case.objective.loss == "ce" for case in cases):
                 continue  # the classical step does not depend on the CWT group size: measure it once
             cases.append(c)
     return cases
 
 
 def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, log=print,
-              columns: tuple[str, ...] | None = None) -> list[dict]:
+              losses=("cwt", "ce"), head_share: bool = True, columns: tuple[str, ...] | None = None) -> list[dict]:
     devices = jax.devices() if devices is None else devices
     peak = flops.peak_flops_per_device(config.train.peak_flops_per_device)
     log(f"MFU = train_flops_per_step / (median step time × peak × {len(devices)} devices); peak "
         f"{peak[0]:.3g} FLOP/s per device ({peak[1]}). FLOPs formula: headless_jax.train.flops:\n"
         f"{flops.__doc__}")
     rows = []
-    for c in sweep_configs(config, sweep, values):
-        rows.append(bench_case(c, name, steps, devices, peak))
+    for c in sweep_configs(config, sweep, values, losses):
+        rows.append(bench_case(c, name, steps, devices, peak, head_share))
         log(format_table(rows[-1:], columns or TABLE_COLUMNS, header=not rows[:-1]))
     return rows
 
@@ -212,7 +233,8 @@ def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, l
 ROUTING_COLUMNS = ("objective", "routing", "batch", "seq_len", "step_ms_median", "step_ms_min", "step_ms_max",
                    "tokens_per_s", "flops_per_step", "mfu", "peak_memory_bytes")
 TABLE_COLUMNS = ("objective", "vocab", "batch", "seq_len", "group_size", "step_ms_median", "step_ms_min",
-                 "step_ms_max", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share")
+                 "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes", "bytes_accessed",
+                 "head_share")
 
 
 def format_value(value) -> str:
@@ -266,8 +288,9 @@ class CwtCase:
     block_size: int  # 0 = dense
 
 
-def cwt_k_case(case: CwtCase, steps: int, host_memory_bytes: float) -> dict:
-    """Compiled memory, and times where feasible, of the CWT loss's value and gradient on random o, t [K,D]."""
+def cwt_k_case(case: CwtCase, steps: int, host_memory_bytes: float, time_max_k: int = 0) -> dict:
+    """Compiled memory, and times where feasible (and K ≤ time_max_k, if > 0), of the CWT loss's value and
+    gradient on random o, t [K,D]."""
     rng_o, rng_t = jax.random.split(jax.random.PRNGKey(0))
     o = jax.random.normal(rng_o, (1, case.k, case.dim), jnp.float32) / math.sqrt(case.dim)
     t = jax.random.normal(rng_t, (1, case.k, case.dim), jnp.float32) / math.sqrt(case.dim)
@@ -284,27 +307,31 @@ def cwt_k_case(case: CwtCase, steps: int, host_memory_bytes: float) -> dict:
     row = {"mode": "dense" if case.block_size == 0 else f"blockwise({case.block_size})", "k": case.k,
            "dim": case.dim, "block_size": case.block_size, "peak_memory_bytes": memory,
            "device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__, "note": ""}
-    if needed > host_memory_bytes:
-        row.update(step_ms_median=None, step_ms_min=None, step_ms_max=None,
-                   note=f"not run: needs ~{needed / 2**30:.1f} GiB > host budget {host_memory_bytes / 2**30:.1f} GiB")
+    skip = (f"not run: needs ~{needed / 2**30:.1f} GiB > host budget {host_memory_bytes / 2**30:.1f} GiB"
+            if needed > host_memory_bytes else
+            f"not timed: K > --cwt_time_max_k={time_max_k}" if 0 < time_max_k < case.k else None)
+    if skip:
+        row.update(step_ms_median=None, step_ms_min=None, step_ms_max=None, cpu_ms_median=None, note=skip)
         return row
     jax.block_until_ready(compiled(o, t))  # warm-up
-    times = time_calls(lambda: compiled(o, t), steps)
+    times, cpu_times = time_calls(lambda: compiled(o, t), steps)
     row.update(step_ms_median=1e3 * statistics.median(times), step_ms_min=1e3 * min(times),
-               step_ms_max=1e3 * max(times))
+               step_ms_max=1e3 * max(times), cpu_ms_median=1e3 * statistics.median(cpu_times))
     return row
 
 
-def run_cwt_k(ks, dim: int, block_size: int, steps: int, host_memory_bytes: float, log=print) -> list[dict]:
+def run_cwt_k(ks, dim: int, block_size: int, steps: int, host_memory_bytes: float, log=print,
+              time_max_k: int = 0) -> list[dict]:
     rows = []
     for k in ks:
         for block in (0, min(block_size, k)):
-            rows.append(cwt_k_case(CwtCase(k, dim, block), steps, host_memory_bytes))
+            rows.append(cwt_k_case(CwtCase(k, dim, block), steps, host_memory_bytes, time_max_k))
             log(format_table(rows[-1:], CWT_COLUMNS, header=len(rows) == 1))
     return rows
 
 
-CWT_COLUMNS = ("mode", "k", "dim", "step_ms_median", "step_ms_min", "step_ms_max", "peak_memory_bytes", "note")
+CWT_COLUMNS = ("mode", "k", "dim", "step_ms_median", "step_ms_min", "step_ms_max", "cpu_ms_median",
+               "peak_memory_bytes", "note")
 
 
 def write_outputs(rows: list[dict], out: str, mode: str, columns=TABLE_COLUMNS) -> dict[str, str]:
@@ -336,10 +363,13 @@ if __name__ == "__main__":
     _GROUPS = flags.DEFINE_string("groups", "1,2,4,8", "CWT group sizes in sequences (group sweep; 0 = batch).")
     _BATCHES = flags.DEFINE_string("batches", "4,8,16,32", "Sequences per device (batch sweep).")
     _CAPACITIES = flags.DEFINE_string("capacities", "0.5", "topk capacities against dense (routing sweep).")
+    _OBJECTIVES = flags.DEFINE_list("objectives", ["cwt", "ce"], "Which twins to time: cwt (headless), ce.")
+    _HEAD_SHARE = flags.DEFINE_bool("head_share", True, "Also time the body-only step (doubles the run time).")
     _CWT_K = flags.DEFINE_bool("cwt_k", False, "Compare dense vs blockwise CWT over K instead of train steps.")
     _CWT_KS = flags.DEFINE_string("cwt_ks", ",".join(map(str, DEFAULT_CWT_KS)), "K values for --cwt_k.")
     _CWT_BLOCK = flags.DEFINE_integer("cwt_block", 1024, "Column block of the blockwise CWT in --cwt_k.")
     _HOST_GB = flags.DEFINE_float("host_memory_gb", 8.0, "--cwt_k: dense cases needing more are compiled only.")
+    _CWT_TIME_MAX_K = flags.DEFINE_integer("cwt_time_max_k", 0, "--cwt_k: larger K are compiled only (0 = time all).")
     flags.mark_flags_as_required(["config", "out"])
 
     def main(argv):
@@ -348,7 +378,7 @@ if __name__ == "__main__":
         config = _CONFIG.value
         if _CWT_K.value:
             rows = run_cwt_k(int_list(_CWT_KS.value), config.model.d_model, _CWT_BLOCK.value, _STEPS.value,
-                             _HOST_GB.value * 2**30)
+                             _HOST_GB.value * 2**30, time_max_k=_CWT_TIME_MAX_K.value)
             paths = write_outputs(rows, _OUT.value, "cwt_k", CWT_COLUMNS)
         else:
             devices = jax.devices()
@@ -359,7 +389,8 @@ if __name__ == "__main__":
                       "batch": [b * len(devices) for b in int_list(_BATCHES.value)], "routing": capacities,
                       "none": []}[_SWEEP.value]
             columns = ROUTING_COLUMNS if _SWEEP.value == "routing" else TABLE_COLUMNS
-            rows = run_sweep(config, _SWEEP.value, values, _STEPS.value, name, devices, columns=columns)
+            rows = run_sweep(config, _SWEEP.value, values, _STEPS.value, name, devices, losses=_OBJECTIVES.value,
+                             head_share=_HEAD_SHARE.value, columns=columns)
             paths = write_outputs(rows, _OUT.value, _SWEEP.value, columns)
         print("\n" + format_table(rows, CWT_COLUMNS if _CWT_K.value else columns))
         print("wrote " + ", ".join(paths.values()))

@@ -8,7 +8,8 @@ from headless_jax import bench
 from tests.train_helpers import tiny_config
 
 FIELDS = ("config", "objective", "vocab", "batch", "seq_len", "group_size", "step_ms_median", "step_ms_min",
-          "step_ms_max", "tokens_per_s", "mfu", "peak_memory_bytes", "head_share", "device_kind", "jax_version")
+          "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes", "bytes_accessed", "head_share",
+          "device_kind", "jax_version")
 
 
 def tiny_clm(vocab: int = 256):
@@ -23,10 +24,12 @@ def check_row(row, devices):
         assert field in row, field
     assert row["device_kind"] == devices[0].device_kind and row["jax_version"] == jax.__version__
     assert 0 < row["step_ms_min"] <= row["step_ms_median"] <= row["step_ms_max"]
+    assert row["cpu_ms_median"] > 0
     assert math.isclose(row["tokens_per_s"], row["batch"] * row["seq_len"] / (row["step_ms_median"] / 1e3))
     assert 0 < row["mfu"] < 1
     assert 0 <= row["head_share"] < 1
     assert row["peak_memory_bytes"] is None or row["peak_memory_bytes"] > 0
+    assert row["bytes_accessed"] is None or row["bytes_accessed"] > 0
 
 
 def test_vocab_sweep_writes_complete_rows(tmp_path):
@@ -48,6 +51,20 @@ def test_vocab_sweep_writes_complete_rows(tmp_path):
     assert "| cwt | 512 |" in open(paths["md"]).read()
 
 
+def test_without_head_share_only_the_full_step_is_timed(monkeypatch):
+    timed, original = [], bench.time_train_steps
+
+    def counting(config, objective_fns, *args):
+        timed.append(len(objective_fns))
+        return original(config, objective_fns, *args)
+
+    monkeypatch.setattr(bench, "time_train_steps", counting)
+    [row] = bench.run_sweep(tiny_clm(), "none", [], steps=1, name="tiny", devices=jax.devices()[:1],
+                            log=lambda _: None, losses=["cwt"], head_share=False)
+    assert timed == [1] and row["objective"] == "cwt"
+    assert row["head_share"] is None and row["body_step_ms_median"] is None and row["step_ms_median"] > 0
+
+
 def test_batch_and_group_sweeps_keep_groups_dividing_the_batch():
     config = tiny_clm()
     config.objective.cwt_group_size = 4
@@ -57,17 +74,20 @@ def test_batch_and_group_sweeps_keep_groups_dividing_the_batch():
     group_cases = bench.sweep_configs(config, "group", [1, 8])
     assert [(c.objective.loss, c.objective.cwt_group_size) for c in group_cases] == [("cwt", 1), ("ce", 1), ("cwt", 8)]
     assert config.objective.loss == "cwt" and config.model.head == "none"  # the sweep copies, never mutates
+    only_headless = bench.sweep_configs(config, "vocab", [512, 1024], losses=["cwt"])
+    assert [(c.objective.loss, c.model.vocab_size) for c in only_headless] == [("cwt", 512), ("cwt", 1024)]
 
 
-def test_cwt_k_dense_vs_blockwise_skips_dense_over_budget():
+def test_cwt_k_dense_vs_blockwise_skips_dense_over_budget_and_large_k():
     rows = bench.run_cwt_k([256, 512], dim=16, block_size=128, steps=2, host_memory_bytes=2**20,
-                           log=lambda _: None)
+                           log=lambda _: None, time_max_k=256)
     assert [(r["mode"], r["k"]) for r in rows] == [("dense", 256), ("blockwise(128)", 256), ("dense", 512),
                                                     ("blockwise(128)", 512)]
     ran = [r for r in rows if r["step_ms_median"] is not None]
-    assert len(ran) == 3 and rows[2]["step_ms_median"] is None and "not run" in rows[2]["note"]
+    assert len(ran) == 2 and rows[2]["step_ms_median"] is None and "not run" in rows[2]["note"]
+    assert rows[3]["step_ms_median"] is None and "not timed: K > --cwt_time_max_k=256" in rows[3]["note"]
     for r in ran:
-        assert 0 < r["step_ms_min"] <= r["step_ms_median"] <= r["step_ms_max"]
+        assert 0 < r["step_ms_min"] <= r["step_ms_median"] <= r["step_ms_max"] and r["cpu_ms_median"] > 0
     memory = {(r["mode"], r["k"]): r["peak_memory_bytes"] for r in rows}
     if memory[("dense", 512)] is not None:  # reported even when not run; the [K,K] logits dominate dense
         assert memory[("dense", 512)] >= 4 * 512**2

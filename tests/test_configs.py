@@ -18,8 +18,8 @@ from headless_jax.validate import ConfigError, validate_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 TWIN_ARGS = {"demo": [None, "ce", "cwt+ce"], "clm_demo": [None, "ce"], "bert_base": [None, "ce"],
-             "pythia70m": [None, "ce"], "multilingual": [None, "ce"], "vocab_study": [None, "ce,200000"],
-             "batch_study": [None, "ce,256"], "lm_head": [None],
+             "pythia70m": [None, "ce"], "pythia160m": [None, "ce"], "multilingual": [None, "ce"],
+             "vocab_study": [None, "ce,200000"], "batch_study": [None, "ce,256"], "lm_head": [None],
              "skip_demo": [None, "ce", "topk", "ce,topk", "cwt,topk,clm", "ce,skip,clm"],
              "skip_pythia70m": [None, "ce", "cwt,skip", "ce,skip"]}
 
@@ -68,6 +68,20 @@ def test_bert_base_has_the_published_size():
     non_embedding = count_params(body) - count_params(body["embed"]) - count_params(body["position_embed"])
     embed_norm = 2 * 768
     assert non_embedding == 12 * (4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768) + embed_norm
+
+
+def test_pythia160m_has_the_published_size():
+    # EleutherAI/pythia-160m has 162 322 944 parameters (embedding and untied head 50 304 × 768 each).
+    config = load_config("pythia160m", "ce")
+    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
+    abstract, _ = abstract_state(model, make_optimizer(config.optim, 10), 128, make_mesh(config.mesh),
+                                 axis_rules(config.mesh))
+    params = abstract["params"]
+    d, f, v = 768, 3072, 50304
+    layer = 4 * d * d + 4 * d + 2 * d * f + f + d + 2 * 2 * d  # attention, MLP, two layer norms
+    assert count_params(params["body"]) == v * d + 12 * layer + 2 * d  # + the final norm
+    assert count_params(params["head"]) == v * d
+    assert count_params(params) == 162_322_944
 
 
 def tiny() -> ml_collections.ConfigDict:
