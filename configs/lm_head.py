@@ -6,20 +6,11 @@ trains everything with cross-entropy for a short phase (the paper: 10k steps, < 
 with a fresh optimiser. `--config.train.trainable=head` is the probe: the body stays frozen.
 The model.* keys must be those of the init run (here clm_demo's); the init run's tokenizer is used.
 """
-import importlib.util
-import os
-
-
-def _clm_demo():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clm_demo.py")
-    spec = importlib.util.spec_from_file_location("clm_demo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from headless_jax.config import sibling_config
 
 
 def get_config():
-    c = _clm_demo().get_config("ce")  # the same body and data, classical CE with an untied head
+    c = sibling_config(__file__, "clm_demo", "ce")  # the same body and data, classical CE with an untied head
     c.model.head = "untied"
     c.train.update(init_from="", trainable="all", num_steps=100, eval_every=50, checkpoint_every=50)
     c.optim.update(learning_rate=5e-4, warmup_steps=10)

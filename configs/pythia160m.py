@@ -4,19 +4,11 @@ The next Pythia size after configs/pythia70m.py (same data, schedule and negativ
 peak learning rate 6e-4), and the larger shape of the MFU benchmark. `:cwt` (default) headless, `:ce`
 classical. Negative groups of 8 sequences (K = 16 376), blockwise CWT by memory budget.
 """
-from headless_jax.config import base_config, set_objective
+from headless_jax.config import sibling_config
 
 
 def get_config(loss: str | None = None):
-    c = base_config()
-    c.model.update(causal=True, vocab_size=50304, num_layers=12, d_model=768, num_heads=12, head_dim=64,
-                   mlp_dim=3072, positions="rotary", rotary_fraction=0.25, parallel_residual=True, norm_eps=1e-5,
-                   dtype="bfloat16", remat="dots", scan_layers=True)
-    c.objective.update(task="clm", cwt_group_size=8, cwt_memory_budget_mb=512)
-    c.data.update(sources="jsonl:/path/to/pile/*.jsonl?field=text", seq_len=2048, packing="windows",
-                  tokenizer_sample_chars=200_000_000)
-    c.train.update(global_batch_size=1024, num_steps=143_000, eval_every=2000, eval_batches=16,
-                   checkpoint_every=1000, permanent_every=10_000)
-    c.optim.update(learning_rate=6e-4, warmup_steps=1430, schedule="cosine", min_lr_ratio=0.1, b2=0.95,
-                   weight_decay=0.01)
-    return set_objective(c, loss, classical_head="untied")
+    c = sibling_config(__file__, "pythia70m", loss)
+    c.model.update(num_layers=12, d_model=768, num_heads=12, head_dim=64, mlp_dim=3072)
+    c.optim.learning_rate = 6e-4
+    return c

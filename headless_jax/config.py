@@ -3,6 +3,9 @@
 Experiment files in `configs/` call `base_config()` and override what they change, big_vision style.
 Anything here can be overridden on the command line: `--config.model.num_layers=4`.
 """
+import importlib.util
+import os
+
 import ml_collections
 
 # Logical axis -> mesh axes. Parameters: FSDP shards the embed dimension, tensor parallelism shards heads,
@@ -146,3 +149,13 @@ def set_objective(config: ml_collections.ConfigDict, loss: str | None, classical
     config.objective.loss = loss
     config.model.head = "none" if loss == "cwt" else classical_head
     return config
+
+
+def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:
+    """`get_config(*args)` of `configs/<name>.py` next to `config_file`: how one config builds on another
+    (`configs/` is a folder of files, not a package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)
