@@ -33,10 +33,10 @@ def outputs_and_grads(attend, q, k, v, causal):
     return np.asarray(out, np.float32)[SEGMENTS != 0], jax.grad(loss, (0, 1, 2))(q, k, v)
 
 
-def assert_agrees_with_xla(attend, causal, dtype=jnp.float32, tol=1e-5):
+def assert_agrees_with_xla(attend, causal, dtype=jnp.float32, tol=1e-5, reference=attention.xla_attention):
     q, k, v = qkv(dtype)
     out, grads = outputs_and_grads(attend, q, k, v, causal)
-    ref_out, ref_grads = outputs_and_grads(attention.xla_attention, q, k, v, causal)
+    ref_out, ref_grads = outputs_and_grads(reference, q, k, v, causal)
     np.testing.assert_allclose(out, ref_out, rtol=tol, atol=tol)
     for got, want in zip(grads, ref_grads):
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol)
@@ -91,3 +91,15 @@ def test_auto_takes_the_fused_kernel_only_where_it_fits(backend, dtype, length, 
 def test_explicit_kernel_that_cannot_run_names_the_reason(name, backend, dtype, length, message):
     with pytest.raises(ValueError, match=message):
         attention.resolve_implementation(name, dtype, length, 64, backend)
+
+
+
+
+def xla_in_chunks_of(causal_chunk: int):
+    return lambda q, k, v, segments, causal: attention.xla_attention(q, k, v, segments, causal, causal_chunk)
+
+
+@pytest.mark.parametrize("causal_chunk", [64, attention.XLA_CAUSAL_CHUNK])
+def test_causal_xla_in_query_chunks_equals_the_full_square(causal_chunk):
+    assert causal_chunk < LENGTH  # several chunks; the reference is one chunk: the whole L×L square
+    assert_agrees_with_xla(xla_in_chunks_of(causal_chunk), causal=True, reference=xla_in_chunks_of(LENGTH))

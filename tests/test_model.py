@@ -7,7 +7,7 @@ import pytest
 
 from headless_jax.config import base_config
 from headless_jax.model import LanguageModel
-from headless_jax.model.attention import dot_product_attention
+from headless_jax.model.attention import dot_product_attention, xla_attention
 
 L = 12
 
@@ -53,11 +53,14 @@ def numpy_attention(q, k, v, segments, causal):
     return out
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_xla_attention_matches_float64_reference(causal):
+@pytest.mark.parametrize("causal,causal_chunk", [(False, None), (True, None), (True, 2)])  # 2: three query chunks
+def test_xla_attention_matches_float64_reference(causal, causal_chunk):
     q, k, v = (jax.random.normal(jax.random.key(i), (2, 6, 2, 4)) * 3 for i in range(3))
     segments = np.array([[1, 1, 1, 2, 2, 0], [1, 2, 2, 2, 3, 3]])
-    out = dot_product_attention(q, k, v, jnp.asarray(segments), causal, "xla")
+    if causal_chunk:
+        out = xla_attention(q, k, v, jnp.asarray(segments), causal, causal_chunk=causal_chunk)
+    else:
+        out = dot_product_attention(q, k, v, jnp.asarray(segments), causal, "xla")
     expected = numpy_attention(q, k, v, segments, causal)
     rows = segments != 0
     np.testing.assert_allclose(np.asarray(out)[rows], expected[rows], rtol=1e-5, atol=1e-5)
