@@ -114,12 +114,36 @@ def test_last_word_accuracy_equals_greedy_decoding(tokenizer):
     assert want[0] and not want[1] and len(spans[1][1]) > 1 and argmax_of_V[spans[1][0][-1]] == spans[1][1][0]
     got = last_word_accuracy(bigram_scorer(logits_VxV), tokenizer, passages, seq_len=64, batch_size=3)
     assert got["correct"] == sum(want) and got["accuracy"] == sum(want) / len(passages)
+    # LAMBADA's lines end in a newline, which is not part of the last word.
+    assert last_word_accuracy(bigram_scorer(logits_VxV), tokenizer, [p + "\n" for p in passages], 64, 3) == got
 
 
 def test_jsonl_passages_and_their_last_words():
     texts = read_texts(f"jsonl:{FIXTURE}", 0.0)
     assert len(texts) == 4 and texts[1].startswith("The captain checked")
     assert [t[last_word_start(t):] for t in texts] == ["sky", "again", "marriage", "Frederick"]
+
+
+def test_lambada_config_reads_tfds_lambada(tmp_path):
+    """configs/lm_eval.py:lambada names TFDS `lambada` (its own builder and features; the fixture's passages in
+    place of the download, one per line like the release) by the right split and field."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tensorflow_datasets.core import registered
+    passages = [json.loads(line)["text"] for line in open(FIXTURE)]
+    plain_text = tmp_path / "lambada_test_plain_text.txt"
+    plain_text.write_text("".join(p + "\n" for p in passages))
+
+    with registered.skip_registration():
+        class TinyLambada(tfds.builder_cls("lambada")):
+            name = "lambada"
+
+            def _split_generators(self, dl_manager):
+                return {"test": self._generate_examples(str(plain_text))}
+
+    TinyLambada(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+    sources = load_config("lm_eval", "lambada").last_word.sources
+    texts = read_texts(f"{sources}&data_dir={tmp_path / 'tfds'}", 0.0)
+    assert sorted(t.strip() for t in texts) == sorted(passages)
 
 
 def test_paragraph_passages_end_on_a_word_and_skip_short_paragraphs():
