@@ -47,7 +47,7 @@ from headless_jax.config import set_objective
 from headless_jax.model import LanguageModel
 from headless_jax.model.routing import routing_kind
 from headless_jax.train import flops
-from headless_jax.train.optim import learning_rate_schedule, make_optimizer
+from headless_jax.train.optim import learning_rate_schedule, train_optimizer
 from headless_jax.train.sharding import axis_rules, global_batch, make_mesh
 from headless_jax.train.state import create_state
 from headless_jax.train.step import build_train_step
@@ -116,7 +116,7 @@ def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int
     """For each objective, (step times in s, CPU times in s, compiled memory bytes, bytes accessed) of the
     train step; one state serves all."""
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    optimizer = make_optimizer(config.optim, config.train.num_steps)
+    optimizer = train_optimizer(config)
     schedule = learning_rate_schedule(config.optim, config.train.num_steps)
     results = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -30,7 +30,7 @@ def memory_report(config, hbm_bytes: float) -> dict:
 
     from headless_jax import objectives
     from headless_jax.model import LanguageModel
-    from headless_jax.train.optim import learning_rate_schedule, make_optimizer
+    from headless_jax.train.optim import learning_rate_schedule, train_optimizer
     from headless_jax.train.sharding import axis_rules, batch_sharding, make_mesh
     from headless_jax.train.state import abstract_state
     from headless_jax.train.step import build_train_step
@@ -39,7 +39,7 @@ def memory_report(config, hbm_bytes: float) -> dict:
     validate_config(config, jax.device_count())
     mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    optimizer = make_optimizer(config.optim, config.train.num_steps)
+    optimizer = train_optimizer(config)
     objective = objectives.build_objective(config, model, objectives.SpecialTokens())
     schedule = learning_rate_schedule(config.optim, config.train.num_steps)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

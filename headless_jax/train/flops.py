@@ -13,8 +13,8 @@ Routed layers (model.routing, DESIGN §1.4) count what they execute. A `topk` la
 is routed, its scores by r² (k queries × k keys). A `skip` layer computes densely in training (r = 1); at
 inference its skipped tokens still give keys/values, so only queries, outputs, scores and MLP scale by r.
 Routers add 2·D·(1 topk | 2 skip) per token, the causal topk predictor 2·(D·P + P).
-`effective_forward_flops_per_token` is the inference view (measured executed fractions where given), and
-`routing_flops_metrics` its saving against the dense model.
+`routing_flops_metrics` is the inference view: body FLOPs per token at the measured executed fractions, and
+their saving against the dense model.
 """
 import time
 
@@ -58,13 +58,11 @@ def layer_forward_flops_per_token(model_cfg, seq_len: int, kind: str = "none", f
     return float(matmuls), float(scores * (r * key_value_fraction if attention_routed else 1.0))
 
 
-def executed_fractions(config, train: bool = True) -> dict[int, float]:
-    """Routed layer → share of tokens its routed part runs on: topk k/L; skip 1 in training (dense), else P."""
-    kind, seq_len = routing_kind(config.model), config.data.seq_len
-    if kind == "topk":
-        fraction = capacity_tokens(config.model.routing.capacity, seq_len) / seq_len
-    else:
-        fraction = 1.0 if train else config.model.routing.target
+def train_fractions(config) -> dict[int, float]:
+    """Routed layer → share of tokens its routed part runs on in training: topk k/L; skip 1 (computed densely)."""
+    seq_len = config.data.seq_len
+    fraction = (capacity_tokens(config.model.routing.capacity, seq_len) / seq_len
+                if routing_kind(config.model) == "topk" else 1.0)
     return {layer: fraction for layer in routed_layers(config.model)}
 
 
@@ -76,12 +74,6 @@ def body_flops_per_token(config, fractions: dict[int, float]) -> tuple[float, fl
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
-def effective_forward_flops_per_token(config, fractions: dict[int, float] | None = None) -> float:
-    """Body forward FLOPs per token at inference, routed layers at `fractions` (default: topk k/L, skip P)."""
-    return sum(body_flops_per_token(config, executed_fractions(config, train=False) if fractions is None
-                                    else fractions))
-
-
 def routing_flops_metrics(config, metrics: dict[str, float]) -> dict[str, float]:
     """Effective body FLOPs per token at the executed fractions measured in `metrics`, and the saving
     against the dense model; {} without routing."""
@@ -90,7 +82,7 @@ def routing_flops_metrics(config, metrics: dict[str, float]) -> dict[str, float]
         fractions[layer] = metrics.get(f"routing/executed_fraction/layer_{layer}")
     if not fractions or any(f is None for f in fractions.values()):
         return {}
-    effective = effective_forward_flops_per_token(config, fractions)
+    effective = sum(body_flops_per_token(config, fractions))
     dense = sum(body_flops_per_token(config, {}))
     return {"routing/effective_flops_per_token": effective, "routing/flops_saving": 1.0 - effective / dense}
 
@@ -111,7 +103,7 @@ def group_predictions(config, microbatch_rows: int) -> int:
 def forward_flops_per_sequence(config, microbatch_rows: int) -> dict[str, float]:
     """Forward FLOPs for one sequence, split into body matmuls, attention scores and head+loss."""
     m, seq_len = config.model, config.data.seq_len
-    body, attention = (seq_len * f for f in body_flops_per_token(config, executed_fractions(config, train=True)))
+    body, attention = (seq_len * f for f in body_flops_per_token(config, train_fractions(config)))
     predictions = predictions_per_sequence(config)
     head = 0.0
     if config.objective.task == "mlm" and config.objective.ce_all_positions:

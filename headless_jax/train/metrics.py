@@ -1,9 +1,12 @@
 """Metrics out: TensorBoard event files and `metrics.jsonl` in the workdir (process 0 only)."""
 import json
+import time
 
 import jax
 from etils import epath
 from tensorboardX import SummaryWriter
+
+REWRITE_EVERY_S = 60.0  # gs:// metrics.jsonl: rewritten whole at most this often, and at close
 
 
 class MetricsWriter:
@@ -13,10 +16,11 @@ class MetricsWriter:
             self._tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))  # gs:// works too
             self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
             # gs:// objects cannot be appended to (gcsfs silently overwrites) and show nothing before close: there
-            # the file is rewritten whole at every write, which is small (one line per report)
+            # the file is rewritten whole, at most every REWRITE_EVERY_S so that the uploads stay off the step
             self._rewrite = "://" in str(self._jsonl_path)
             if self._rewrite:
                 self._lines = [self._jsonl_path.read_text()] if self._jsonl_path.exists() else []
+                self._rewritten_at, self._unwritten = time.monotonic(), False
             else:
                 self._jsonl = self._jsonl_path.open("a")
 
@@ -28,13 +32,21 @@ class MetricsWriter:
         line = json.dumps({"step": step, "split": split, **metrics}) + "\n"
         if self._rewrite:
             self._lines.append(line)
-            self._jsonl_path.write_text("".join(self._lines))
+            self._unwritten = True
+            if time.monotonic() - self._rewritten_at >= REWRITE_EVERY_S:
+                self._rewrite_whole()
         else:
             self._jsonl.write(line)
             self._jsonl.flush()
+
+    def _rewrite_whole(self):
+        self._jsonl_path.write_text("".join(self._lines))
+        self._rewritten_at, self._unwritten = time.monotonic(), False
 
     def close(self):
         if self.enabled:
             self._tensorboard.close()
             if not self._rewrite:
                 self._jsonl.close()
+            elif self._unwritten:
+                self._rewrite_whole()
