@@ -112,23 +112,33 @@ def _jsonl_documents(files: list[epath.Path], field: str) -> Iterator[str]:
             yield record[field]
 
 
-def _tfds_documents(spec: str, name: str, split: str, field: str, data_dir: str) -> Iterator[str]:
+def open_tfds(name: str, split: str, data_dir: str, where: str, fix: str):
+    """A TFDS split prepared as ArrayRecord, as a random-access source (tfds.data_source: no TensorFlow); a
+    MissingDataError that starts with `where` and ends with `fix` when TFDS cannot open it."""
     import tensorflow_datasets as tfds  # slow to import: only for TFDS sources
 
     try:
-        records = tfds.data_source(name, split=split, data_dir=data_dir or None)
+        return tfds.data_source(name, split=split, data_dir=data_dir or None)
     except Exception as e:  # TFDS raises many kinds (not found, not ArrayRecord, bad split): report them alike
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MissingDataError(f"data.sources: {spec!r}: TFDS cannot open {name} split {split} ({reason}); "
-                               "check the name, split and data_dir, and that it was prepared as ArrayRecord "
-                               "(tfds build --file_format=array_record)") from e
+        raise MissingDataError(f"{where}: TFDS cannot open {name} split {split} ({reason}); {fix}") from e
+
+
+def decode_text(value: bytes | str, where: str) -> str:
+    """A TFDS Text feature (bytes from tfds.data_source) as str."""
+    return _decode_utf8(value, where) if isinstance(value, bytes) else str(value)
+
+
+def _tfds_documents(spec: str, name: str, split: str, field: str, data_dir: str) -> Iterator[str]:
+    records = open_tfds(name, split, data_dir, f"data.sources: {spec!r}",
+                        "check the name, split and data_dir, and that it was prepared as ArrayRecord "
+                        "(tfds build --file_format=array_record)")
     for index in range(len(records)):
         record = records[index]
         if field not in record:
             raise DataError(f"data.sources: {spec!r}: record {index} has no field {field!r} (found {sorted(record)}); "
                             f"name the text field with tfds:{name}?field=NAME")
-        text = record[field]
-        yield _decode_utf8(text, f"{spec} record {index}") if isinstance(text, bytes) else str(text)
+        yield decode_text(record[field], f"{spec} record {index}")
 
 
 def _decode_utf8(data: bytes, where: str) -> str:

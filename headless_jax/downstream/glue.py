@@ -11,6 +11,7 @@ from absl import logging
 from etils import epath
 
 from headless_jax.data.errors import DataError, MissingDataError
+from headless_jax.data.sources import decode_text, open_tfds
 from headless_jax.downstream.tasks import Example, TaskData
 
 Column = str | int | None  # a header name, a column index (headerless files), or None (no second sentence)
@@ -118,25 +119,16 @@ def _parse_label(task: GlueTask, label: str, where: str) -> int | float:
 
 
 def tfds_records(name: str, split: str, data_dir: str) -> list[dict]:
-    """All records of a TFDS dataset split in ArrayRecord format (tfds.data_source: no TensorFlow)."""
-    import tensorflow_datasets as tfds  # slow to import: only for TFDS tasks
-
-    try:
-        records = tfds.data_source(name, split=split, data_dir=data_dir or None)
-    except Exception as e:  # TFDS raises many kinds (not found, not ArrayRecord, bad split): report them alike
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MissingDataError(f"TFDS cannot open {name} split {split} ({reason}); prepare it as ArrayRecord "
-                               f"(tfds build {name} --file_format=array_record) and set --config.data_dir, or use "
-                               "--config.data_source=tsv") from e
+    """All records of a TFDS dataset split in ArrayRecord format."""
+    records = open_tfds(name, split, data_dir, "--config.data_source=tfds",
+                        f"prepare it as ArrayRecord (tfds build {name} --file_format=array_record) and set "
+                        "--config.data_dir, or use --config.data_source=tsv")
     return [records[index] for index in range(len(records))]
 
 
 def read_tfds(task: GlueTask, name: str, split: str, data_dir: str) -> list[Example]:
     field_a, field_b = task.tfds_fields
     regression = not task.labels
-    return [Example(text(r[field_a]), text(r[field_b]) if field_b else None,
+    where = f"TFDS {name} {split}"
+    return [Example(decode_text(r[field_a], where), decode_text(r[field_b], where) if field_b else None,
                     float(r["label"]) if regression else int(r["label"])) for r in tfds_records(name, split, data_dir)]
-
-
-def text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -12,6 +12,7 @@ import ml_collections
 from etils import epath
 
 from headless_jax.data.errors import DataError, MissingDataError
+from headless_jax.data.sources import decode_text
 from headless_jax.downstream import glue
 from headless_jax.downstream.tasks import Example, TaskData
 
@@ -46,12 +47,15 @@ def load(config: ml_collections.ConfigDict) -> TaskData:
 def read_tfds(split: str, data_dir: str, languages: tuple[str, ...]) -> dict[str, list[Example]]:
     """language -> examples of TFDS `xnli` (premise: one text per language; hypothesis: language/translation lists)."""
     by_language: dict[str, list[Example]] = {language: [] for language in languages}
+    where = f"TFDS xnli {split}"
     for record in glue.tfds_records("xnli", split, data_dir):
-        hypotheses = dict(zip(map(glue.text, record["hypothesis"]["language"]), record["hypothesis"]["translation"]))
+        hypothesis = record["hypothesis"]
+        hypotheses = {decode_text(language, where): translation
+                      for language, translation in zip(hypothesis["language"], hypothesis["translation"])}
         for language in languages:
             if language in hypotheses:
-                by_language[language].append(Example(glue.text(record["premise"][language]),
-                                                     glue.text(hypotheses[language]), int(record["label"])))
+                by_language[language].append(Example(decode_text(record["premise"][language], where),
+                                                     decode_text(hypotheses[language], where), int(record["label"])))
     return by_language
 
 
