@@ -18,19 +18,20 @@ from headless_jax.train.sharding import axis_rules, make_mesh
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def pretrain(workdir, corpus_dir, config="configs/demo.py", steps=4, *overrides):
-    """A tiny pretraining run of `config` on the first 40k characters of a novel, on 4 devices (data × tensor)."""
+def pretrain(workdir, corpus_dir, config="configs/demo.py", steps=4, *overrides, cwd=ROOT):
+    """A tiny pretraining run of `config` on the first 40k characters of a novel, on 4 devices (data × tensor),
+    started in `cwd` (a relative workdir is relative to it)."""
     text = corpus_dir / "book.txt"
     if not text.exists():
         text.write_text(read_book(book_names()[0])[:40_000])
     subprocess.run(
-        [sys.executable, "-m", "headless_jax.main", f"--config={config}", f"--workdir={workdir}",
+        [sys.executable, "-m", "headless_jax.main", f"--config={os.path.join(ROOT, config)}", f"--workdir={workdir}",
          f"--config.data.sources=text:{text}", "--config.model.vocab_size=384", "--config.model.num_layers=1",
          "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.head_dim=16",
          "--config.model.mlp_dim=64", "--config.data.seq_len=32", "--config.model.max_len=32",
          "--config.train.global_batch_size=8", f"--config.train.num_steps={steps}", "--config.train.eval_every=1000",
          "--config.train.eval_batches=1", "--config.mesh.data=2", "--config.mesh.tensor=2", *overrides],
-        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        cwd=cwd, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"),
         check=True, capture_output=True, timeout=600)
     return workdir
 
@@ -56,6 +57,14 @@ def test_parameters_restore_exactly_onto_a_different_mesh(encoder_run):
     assert len(embedding.sharding.device_set) == 8
     assert pretrained.step == 4 and pretrained.config.model.vocab_size == 384
     assert pretrained.tokenizer.vocab_size == 384
+
+
+def test_a_workdir_relative_to_the_current_directory_saves_and_restores(tmp_path, monkeypatch):
+    """As in the README (`--workdir=runs/demo`, `--config.pretrained=runs/demo`): Orbax itself needs absolute paths."""
+    pretrain("runs/demo", tmp_path, "configs/demo.py", 2, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert sorted(os.listdir("runs/demo/checkpoints")) == ["2"]
+    assert load("runs/demo", causal=False).step == 2
 
 
 def test_a_decoder_job_refuses_an_encoder(encoder_run):

@@ -9,6 +9,7 @@ from etils import epath
 
 from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE, Tokenizer
 from headless_jax.model import LanguageModel
+from headless_jax.train.checkpoint import orbax_directory
 from headless_jax.train.optim import train_optimizer
 from headless_jax.train.state import abstract_state
 
@@ -35,7 +36,7 @@ def load_pretrained(workdir: str, mesh: jax.sharding.Mesh, rules, step: int = 0,
     tokenizer_model: a SentencePiece file that must be the run's own tokenizer (checked), or empty for the run's.
     """
     workdir = epath.Path(workdir)
-    directory = workdir / "checkpoints"
+    directory = orbax_directory(str(workdir / "checkpoints"))
     if not directory.exists():
         raise PretrainedError(f"pretrained={workdir}: no checkpoints/ there; point --config.pretrained at the "
                               "--workdir of a pretraining run (python -m headless_jax.main)")

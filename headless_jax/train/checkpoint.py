@@ -9,6 +9,7 @@ process. Both restore on another number of processes (e.g. a pod's checkpoint on
 """
 import json
 import logging
+import os
 
 import grain
 import jax
@@ -19,9 +20,15 @@ from etils import epath
 Restored = tuple[dict, int]  # (state, step)
 
 
+def orbax_directory(directory: str) -> epath.Path:
+    """`directory` as Orbax needs it: absolute (a relative local path, e.g. `--workdir=runs/demo`, is taken from
+    the current directory); URLs such as gs:// as they are."""
+    return epath.Path(directory if "://" in directory else os.path.abspath(directory))
+
+
 class Checkpointer:
     def __init__(self, directory: str, keep: int, permanent_every: int = 0):
-        self.directory = epath.Path(directory)
+        self.directory = orbax_directory(directory)
         self._options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, keep_period=permanent_every or None, enable_async_checkpointing=True, create=True)
         self._open()
