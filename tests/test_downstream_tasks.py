@@ -5,7 +5,7 @@ import pytest
 from headless_jax.data import book_names, split_books
 from headless_jax.data.errors import DataError, MissingDataError
 from headless_jax.data.tokenizer import Tokenizer
-from headless_jax.downstream import books, glue, xnli
+from headless_jax.downstream import books, glue
 from headless_jax.downstream.classify import parse_tasks
 from headless_jax.downstream.classify_config import classify_base_config
 from headless_jax.downstream.encode import encode, truncate_pair

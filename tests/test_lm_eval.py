@@ -11,10 +11,11 @@ from scipy.special import logsumexp
 from headless_jax.config import base_config
 from headless_jax.data import parse_sources
 from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE, Tokenizer, train_sentencepiece
-from headless_jax.downstream.lm_eval import (RESULTS_FILE, last_word_accuracy, model_scorer, perplexity, read_texts,
-                                             run, token_pieces)
+from headless_jax.downstream.lm_eval import (last_word_accuracy, model_scorer, perplexity, read_texts, run,
+                                             token_pieces)
 from headless_jax.downstream.lm_rows import last_word_row, last_word_start, paragraph_passages, perplexity_rows
 from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
+from headless_jax.downstream.results import RESULTS_JSON
 from headless_jax.model import LanguageModel, embedding_matrix
 from headless_jax.train.sharding import axis_rules, make_mesh
 from lm_helpers import book_text, tiny_run
@@ -173,7 +174,7 @@ def test_headless_perplexity_through_o_dot_e_matches_float64(decoder_run, tmp_pa
     config.perplexity.update(sources=f"jsonl:{FIXTURE}", heldout=False)
     config.last_word.update(sources=f"jsonl:{FIXTURE}", heldout=False, passages="documents")
     results = run(config, str(tmp_path))
-    assert json.loads((tmp_path / RESULTS_FILE).read_text()) == results
+    assert json.loads((tmp_path / RESULTS_JSON).read_text()) == results
     assert results["scoring"] == "o·Eᵀ (headless)" and results["last_word"]["passages"] == 4
 
     pretrained, _, _ = load(decoder_run)

@@ -67,6 +67,13 @@ def test_a_workdir_relative_to_the_current_directory_saves_and_restores(tmp_path
     assert load("runs/demo", causal=False).step == 2
 
 
+def test_a_window_longer_than_the_learned_position_table_names_the_fix(encoder_run):
+    pretrained = load(encoder_run)
+    pretrained.check_seq_len(32)
+    with pytest.raises(PretrainedError, match=r"seq_len=33 exceeds .*max_len=32\); set --config.seq_len=32 or less"):
+        pretrained.check_seq_len(33)
+
+
 def test_a_decoder_job_refuses_an_encoder(encoder_run):
     with pytest.raises(PretrainedError, match="is an encoder .* needs a decoder"):
         load(encoder_run, causal=True)

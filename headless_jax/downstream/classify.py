@@ -51,10 +51,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _check_shapes(config, pretrained: Pretrained, mesh) -> None:
-    model = pretrained.config.model
-    if model.positions == "learned" and config.seq_len > model.max_len:
-        raise ValueError(f"seq_len={config.seq_len} exceeds the pretrained model's position table "
-                         f"(model.max_len={model.max_len}); set --config.seq_len={model.max_len} or less")
+    pretrained.check_seq_len(config.seq_len)
     shards = batch_shards(mesh)
     for key in ("batch_size", "eval_batch_size"):
         if config[key] % shards:

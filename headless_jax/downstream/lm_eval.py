@@ -6,7 +6,6 @@ a headless decoder (model.head='none') ranks the vocabulary by o·Eᵀ, the "no 
 Last-word accuracy is greedy: a passage counts only if the argmax prediction of every token of its last word
 is right, each given the true tokens before it (teacher-forced argmax equals greedy decoding of the word).
 """
-import json
 import math
 from collections.abc import Callable, Iterator
 
@@ -15,18 +14,17 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
-from etils import epath
 from jax.experimental import multihost_utils
 
 from headless_jax.data import Tokenizer, parse_sources
 from headless_jax.data.split import split_document
 from headless_jax.downstream.lm_rows import Row, last_word_row, paragraph_passages, perplexity_rows
 from headless_jax.downstream.pretrained import Pretrained, load_pretrained
+from headless_jax.downstream.results import write_json
 from headless_jax.model import embedding_matrix
 from headless_jax.objectives import vocab_stats
 from headless_jax.train.sharding import axis_rules, batch_sharding, batch_shards, global_batch, make_mesh
 
-RESULTS_FILE = "results.json"
 PASSAGES = ("documents", "paragraphs")
 
 # batch {tokens, segment_ids, positions: int32 [B,L]} → (log-probability of each next token [B,L-1],
@@ -40,17 +38,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pretrained = load_pretrained(config.pretrained, mesh, rules, config.pretrained_step, config.tokenizer_model,
                                  causal=True)
     seq_len = config.seq_len or pretrained.config.data.seq_len
-    model_config, (p, w) = pretrained.config.model, (config.perplexity, config.last_word)
-    if model_config.positions == "learned" and seq_len > model_config.max_len:
-        raise ValueError(f"seq_len={seq_len} exceeds the run's learned position table ({model_config.max_len}); set "
-                         f"--config.seq_len={model_config.max_len} or less")
+    pretrained.check_seq_len(seq_len)
+    p, w = config.perplexity, config.last_word
     if w.sources and w.passages not in PASSAGES:
         raise ValueError(f"last_word.passages={w.passages!r} is not one of {PASSAGES}")
     scorer = model_scorer(pretrained, mesh, rules, config.vocab_chunk)
     heldout_fraction = pretrained.config.data.heldout_fraction
     batch_size = -(-config.batch_size // batch_shards(mesh)) * batch_shards(mesh)
     results = {"pretrained": config.pretrained, "step": pretrained.step, "seq_len": seq_len,
-               "scoring": "o·Eᵀ (headless)" if model_config.head == "none" else "vocabulary head"}
+               "scoring": "o·Eᵀ (headless)" if pretrained.config.model.head == "none" else "vocabulary head"}
     if p.sources:
         texts = read_texts(p.sources, heldout_fraction if p.heldout else 0.0)
         results["perplexity"] = dict(perplexity(scorer, pretrained.tokenizer, texts, seq_len,
@@ -63,8 +59,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results["last_word"] = dict(last_word_accuracy(scorer, pretrained.tokenizer, passages, seq_len, batch_size),
                                     sources=w.sources, heldout=w.heldout, passages_from=w.passages)
     if jax.process_index() == 0:
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True))
+        write_json(workdir, results)
     return results
 
 

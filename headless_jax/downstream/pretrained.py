@@ -27,6 +27,13 @@ class Pretrained:
     tokenizer: Tokenizer
     step: int
 
+    def check_seq_len(self, seq_len: int) -> None:
+        """A downstream window must fit the run's learned position table (rotary positions have none)."""
+        m = self.config.model
+        if m.positions == "learned" and seq_len > m.max_len:
+            raise PretrainedError(f"seq_len={seq_len} exceeds the pretrained model's learned position table "
+                                  f"(model.max_len={m.max_len}); set --config.seq_len={m.max_len} or less")
+
 
 def load_pretrained(workdir: str, mesh: jax.sharding.Mesh, rules, step: int = 0, tokenizer_model: str = "",
                     causal: bool | None = None) -> Pretrained:

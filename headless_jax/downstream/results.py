@@ -28,11 +28,16 @@ def _transpose(dicts: list[dict[str, float]]) -> dict[str, list[float]]:
     return {key: [d[key] for d in dicts] for key in dicts[0]}
 
 
-def write(workdir: epath.PathLike, results: dict) -> None:
+def write_json(workdir: epath.PathLike, results: dict) -> None:
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / RESULTS_JSON).write_text(json.dumps(results, indent=2, sort_keys=True))
-    (workdir / RESULTS_MD).write_text(markdown_table([results]) + "\n" + details_table(results))
+
+
+def write(workdir: epath.PathLike, results: dict) -> None:
+    """Fine-tuning results as JSON and as markdown tables."""
+    write_json(workdir, results)
+    (epath.Path(workdir) / RESULTS_MD).write_text(markdown_table([results]) + "\n" + details_table(results))
 
 
 def markdown_table(runs: list[dict]) -> str:

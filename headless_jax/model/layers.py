@@ -84,7 +84,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL, deterministic: bool) -> jax.Array:
-        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        cfg = self.cfg
         heads = (cfg.num_heads, cfg.head_dim)
 
         def project(name):
