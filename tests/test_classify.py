@@ -11,7 +11,7 @@ import pytest
 
 from headless_jax.config import base_config
 from headless_jax.downstream import results
-from headless_jax.downstream.classifier import Classifier, class_weights, init_state, make_objective
+from headless_jax.downstream.classifier import Classifier, build_init, class_weights, make_objective
 from headless_jax.downstream.classify import finetune_optimizer, parse_tasks, run
 from headless_jax.downstream.classify_config import classify_base_config
 from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
@@ -70,7 +70,8 @@ def test_the_state_starts_from_the_pretrained_body(encoder_run):
     mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
     pretrained = load_pretrained(str(encoder_run), mesh, rules, causal=False)
     classifier = Classifier(ml_collections.FrozenConfigDict(pretrained.config.model), 3, "cls", 0.1)
-    state, shardings = init_state(classifier, optax.adamw(1e-3), pretrained.params["body"], 16, 0, mesh, rules)
+    init, shardings = build_init(classifier, optax.adamw(1e-3), 16, mesh, rules)
+    state = init(pretrained.params["body"], 0)
     body = jax.tree_util.tree_leaves_with_path(state["params"]["body"])
     want = jax.tree.leaves(pretrained.params["body"])
     assert len(body) == len(want)

@@ -60,9 +60,10 @@ def make_objective(classifier: Classifier, num_classes: int, weights_C: np.ndarr
     return objective
 
 
-def init_state(classifier: Classifier, optimizer: optax.GradientTransformation, body_params, seq_len: int,
-               seed: int, mesh, rules) -> tuple[TrainState, TrainState]:
-    """(state, shardings): the pretrained body, a fresh head (from `seed`), fresh optimiser moments."""
+def build_init(classifier: Classifier, optimizer: optax.GradientTransformation, seq_len: int, mesh,
+               rules) -> tuple[Callable[[dict, int], TrainState], TrainState]:
+    """(init, shardings): `init(body_params, seed)` is a state of the pretrained body, a fresh head (from `seed`)
+    and fresh optimiser moments; one compilation serves every seed."""
     batch = dummy_batch(seq_len)
 
     def boxed_state(rng):
@@ -79,9 +80,12 @@ def init_state(classifier: Classifier, optimizer: optax.GradientTransformation, 
         params = {"body": jax.tree.map(jnp.copy, body), "head": head_params}
         return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
 
-    with nn.logical_axis_rules(rules):
-        created = jax.jit(state, out_shardings=shardings)(body_params, jax.random.PRNGKey(seed))
-    return created, shardings
+    jitted = jax.jit(state, out_shardings=shardings)
+
+    def init(body_params, seed: int) -> TrainState:
+        with nn.logical_axis_rules(rules):
+            return jitted(body_params, jax.random.PRNGKey(seed))
+    return init, shardings
 
 
 def build_predict(classifier: Classifier, param_shardings, mesh) -> Callable:

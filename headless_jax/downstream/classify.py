@@ -12,7 +12,7 @@ import tqdm
 from etils import epath
 
 from headless_jax.downstream import metrics, results
-from headless_jax.downstream.classifier import Classifier, build_predict, class_weights, init_state, make_objective
+from headless_jax.downstream.classifier import Classifier, build_init, build_predict, class_weights, make_objective
 from headless_jax.downstream.encode import encode
 from headless_jax.downstream.glue import GLUE_TASKS
 from headless_jax.downstream.pretrained import Pretrained, load_pretrained
@@ -68,15 +68,16 @@ def finetune_task(task: TaskData, pretrained: Pretrained, config, mesh, rules) -
         raise ValueError(f"task {task.name}: {len(train['labels'])} training examples, fewer than "
                          f"batch_size={config.batch_size}; lower --config.batch_size")
     seeds = [config.seed + i for i in range(config.num_seeds)]
-    per_seed = [finetune(task, pretrained, config, train, evals, seed, mesh, rules) for seed in seeds]
+    per_seed = finetune(task, pretrained, config, train, evals, seeds, mesh, rules)
     return {"title": task.title, "metrics": list(task.metrics), "seeds": seeds, "num_train": len(train["labels"]),
             "num_eval": {split: len(e["labels"]) for split, e in evals.items()},
             **results.summarize(per_seed, task.score_splits)}
 
 
-def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals: dict, seed: int, mesh,
-             rules) -> dict[str, dict[str, float]]:
-    """One seed: fine-tunes and returns {eval split: {metric: value}} after the last epoch."""
+def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals: dict, seeds: list[int], mesh,
+             rules) -> list[dict[str, dict[str, float]]]:
+    """Fine-tunes once per seed (the steps compiled once for all); per seed, {eval split: {metric: value}} after
+    the last epoch."""
     model_cfg = ml_collections.ConfigDict(pretrained.config.model)
     model_cfg.dropout_rate = config.body_dropout_rate
     classifier = Classifier(ml_collections.FrozenConfigDict(model_cfg), task.num_classes or 1, config.pooling,
@@ -86,24 +87,27 @@ def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals:
     optimizer, schedule = finetune_optimizer(config, num_steps)
     weights_C = class_weights(train["labels"], task.num_classes) if config.class_balanced and task.num_classes else None
     with jax.set_mesh(mesh):
-        state, shardings = init_state(classifier, optimizer, pretrained.params["body"], config.seq_len, seed, mesh,
-                                      rules)
+        init, shardings = build_init(classifier, optimizer, config.seq_len, mesh, rules)
         train_step = build_train_step(make_objective(classifier, task.num_classes, weights_C), optimizer, schedule,
                                       shardings, mesh)
         predict = build_predict(classifier, shardings["params"], mesh)
-        order_rng = np.random.default_rng(seed)
-        bar = tqdm.tqdm(total=num_steps, desc=f"{task.name} seed {seed}", disable=jax.process_index() != 0,
-                        dynamic_ncols=True)
-        for _ in range(config.epochs):
-            order = order_rng.permutation(len(train["labels"]))
-            for step in range(steps_per_epoch):
-                rows = order[step * config.batch_size:(step + 1) * config.batch_size]
-                state, step_metrics = train_step(state, global_batch(_process_rows(_take(train, rows)), mesh))
-                bar.update()
-            bar.set_postfix(loss=f"{float(step_metrics['loss']):.4f}")
-        bar.close()
-        return {split: evaluate(predict, state["params"], data, task, config.eval_batch_size, mesh)
-                for split, data in evals.items()}
+        per_seed = []
+        for seed in seeds:
+            state = init(pretrained.params["body"], seed)
+            order_rng = np.random.default_rng(seed)
+            bar = tqdm.tqdm(total=num_steps, desc=f"{task.name} seed {seed}", disable=jax.process_index() != 0,
+                            dynamic_ncols=True)
+            for _ in range(config.epochs):
+                order = order_rng.permutation(len(train["labels"]))
+                for step in range(steps_per_epoch):
+                    rows = order[step * config.batch_size:(step + 1) * config.batch_size]
+                    state, step_metrics = train_step(state, global_batch(_process_rows(_take(train, rows)), mesh))
+                    bar.update()
+                bar.set_postfix(loss=f"{float(step_metrics['loss']):.4f}")
+            bar.close()
+            per_seed.append({split: evaluate(predict, state["params"], data, task, config.eval_batch_size, mesh)
+                             for split, data in evals.items()})
+        return per_seed
 
 
 def finetune_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
