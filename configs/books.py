@@ -8,7 +8,7 @@ pretrain → fine-tune → score works offline; at demo scale it says little abo
 word choice are learnt in fine-tuning: a 1-step "pretrained" model scores as well as the demo).
 `--config.freeze_body=True` makes it a linear probe of the pretrained features.
 """
-from headless_jax.downstream.classify_config import classify_base_config
+from headless_jax.downstream.finetune_config import classify_base_config
 
 
 def get_config():

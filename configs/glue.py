@@ -4,7 +4,7 @@
 The argument picks the task(s): one name, several (`:rte,mrpc`), or `glue` (default) for all nine.
 BERT-style recipe: 3 epochs, lr 2e-5, batch 32, linear decay after 10% warmup, 3 seeds.
 """
-from headless_jax.downstream.classify_config import classify_base_config
+from headless_jax.downstream.finetune_config import classify_base_config
 
 
 def get_config(tasks: str | None = None):

@@ -1,4 +1,4 @@
-"""Learning to Skip at demo scale (DESIGN §1.4): the embedded-corpus demo with every other layer routed.
+"""Learning to Skip at demo scale (docs/method.md): the embedded-corpus demo with every other layer routed.
 
 `--config=configs/skip_demo.py` is the headless MLM encoder (demo.py's shape, 4 layers) with `skip` routers
 (Gumbel gate, budget target P = 0.5). The argument picks, comma-separated and in any order: the loss

@@ -3,7 +3,7 @@
 `python -m headless_jax.evaluate --config=configs/xnli.py --workdir=DIR --config.pretrained=RUN
 --config.xnli.dir=XNLI-1.0 [--config.data_source=tsv --config.data_dir=GLUE_DIR]`
 """
-from headless_jax.downstream.classify_config import classify_base_config
+from headless_jax.downstream.finetune_config import classify_base_config
 
 
 def get_config():

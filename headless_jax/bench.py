@@ -1,12 +1,12 @@
-"""Speed benchmark (DESIGN §2.7): headless (CWT, no head) vs classical (CE + head) train steps at equal shape.
+"""Speed benchmark: headless (CWT, no head) vs classical (CE + head) train steps at equal shape.
 
     python -m headless_jax.bench --config=configs/pythia70m.py --out=DIR [--config.x=y ...]
         [--sweep=none|vocab|group|batch|routing] [--steps=N] [--batch=N] [--vocabs=8192,...] [--groups=...]
         [--batches=...] [--capacities=0.5,...] [--objectives=cwt,ce] [--nohead_share]
         [--cwt_k [--cwt_ks=1024,...] [--cwt_time_max_k=N]]
 
-Each case compiles the real train step (build_train_step with the config's objective and optimiser, on a
-mesh over the available devices, random token batches) and reports, per row:
+Each case compiles the real train step (the config's experiment: its objective and optimiser, on a mesh over
+the available devices, random token batches) and reports, per row:
 - step time: median, min and max of --steps timed steps (the first call after compiling is a warm-up and
   not timed), each `time.perf_counter` around `jax.block_until_ready` of the outputs; cpu_ms_median: the
   process CPU time (all threads) of those steps, steadier than wall time on a shared CPU host;
@@ -19,7 +19,7 @@ mesh over the available devices, random token batches) and reports, per row:
 - head_share = 1 − t_body / t_full, where t_body times the same train step with a stand-in "body-only"
   objective, loss = mean(h²) over the final hidden states (no head, no CE/CWT), clipped at 0 (None with
   --nohead_share, which skips that second timing).
-`--sweep=routing` times the dense model against `topk` routing (Mixture-of-Depths, DESIGN §1.4) at each of
+`--sweep=routing` times the dense model against `topk` routing (Mixture-of-Depths, docs/method.md) at each of
 --capacities on the config's model.routing.layers (default every other layer), both objectives, layers not
 scanned in any case (a routed/dense mix cannot be scanned); flops_per_step counts what the routed layers run.
 
@@ -35,7 +35,6 @@ import os
 import statistics
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -44,18 +43,12 @@ from absl import app, flags
 
 from headless_jax import objectives
 from headless_jax.config import set_objective
-from headless_jax.model import LanguageModel
-from headless_jax.model.routing import routing_kind
+from headless_jax.experiment import Experiment, build_experiment
 from headless_jax.train import flops
-from headless_jax.train.optim import learning_rate_schedule, train_optimizer
-from headless_jax.train.sharding import axis_rules, global_batch, make_mesh
-from headless_jax.train.state import create_state
-from headless_jax.train.step import build_train_step
 
 DEFAULT_VOCABS = (8192, 32768, 50304, 131072, 262144)
 DEFAULT_CWT_KS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 FIRST_ORDINARY_TOKEN = 7  # random tokens avoid the special ids (0..6 by default)
-MEMORY_FORMULA = "temp + argument + output - alias bytes (compiled memory analysis)"
 
 
 def body_only_objective(model):
@@ -64,7 +57,7 @@ def body_only_objective(model):
         h_BxLxD = model.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"],
                               deterministic=deterministic, rngs={"dropout": rng})
         loss = jnp.mean(jnp.square(h_BxLxD.astype(jnp.float32)))
-        return loss, {"loss": loss, "num_tokens": jnp.float32(h_BxLxD.shape[0] * h_BxLxD.shape[1])}
+        return loss, {"loss": loss, "num_predictions": jnp.float32(h_BxLxD.shape[0] * h_BxLxD.shape[1])}
     return objective_fn
 
 
@@ -112,19 +105,16 @@ def time_calls(call, steps: int) -> tuple[list[float], list[float]]:
     return times, cpu_times
 
 
-def time_train_steps(config, objective_fns: list, mesh, rules, batch, steps: int) -> list[tuple]:
-    """For each objective, (step times in s, CPU times in s, compiled memory bytes, bytes accessed) of the
-    train step; one state serves all."""
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    optimizer = train_optimizer(config)
-    schedule = learning_rate_schedule(config.optim, config.train.num_steps)
+def time_train_steps(experiment: Experiment, objectives_of: list, batch, steps: int) -> list[tuple]:
+    """For each objective (a function of the model), (step times in s, CPU times in s, compiled memory bytes,
+    bytes accessed) of the experiment's train step with that objective; one state serves all."""
     results = []
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state, shardings = create_state(model, optimizer, config.data.seq_len, config.seed, mesh, rules)
-        device_batch = global_batch(batch, mesh)
-        for objective_of in objective_fns:
-            step = build_train_step(objective_of(model), optimizer, schedule, shardings, mesh,
-                                    config.train.microbatches)
+    layout = experiment.layout
+    with layout.active():
+        state = experiment.init_state()
+        device_batch = layout.global_batch(batch)
+        for objective_of in objectives_of:
+            step = dataclasses.replace(experiment, objective=objective_of(experiment.model)).train_step
             compiled = step.lower(state, device_batch).compile()
             state = jax.block_until_ready(compiled(state, device_batch)[0])  # warm-up, not timed
             holder = {"state": state}
@@ -143,10 +133,10 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
                head_share: bool = True) -> dict:
     """One row: the config's train step timed in full and (for head_share) with the body-only objective."""
     devices = jax.devices() if devices is None else devices
-    mesh, rules = make_mesh(config.mesh, devices), axis_rules(config.mesh)
+    experiment = build_experiment(config, devices)
     batch = random_batch(config.train.global_batch_size, config.data.seq_len, config.model.vocab_size, config.seed)
-    full = lambda model: objectives.build_objective(config, model, objectives.SpecialTokens())  # noqa: E731
-    timed = time_train_steps(config, [full, body_only_objective][:2 if head_share else 1], mesh, rules, batch, steps)
+    configured = lambda model: experiment.objective  # noqa: E731
+    timed = time_train_steps(experiment, [configured, body_only_objective][:2 if head_share else 1], batch, steps)
     (times, cpu_times, memory, accessed), median = timed[0], statistics.median(timed[0][0])
     body_median = statistics.median(timed[1][0]) if head_share else None
     peak_flops, peak_source = peak or flops.peak_flops_per_device(config.train.peak_flops_per_device)
@@ -172,7 +162,7 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
 
 def routing_label(model_cfg) -> str:
     """'none', or e.g. 'topk c=0.5 every:2 block' for a routed model."""
-    kind = routing_kind(model_cfg)
+    kind = model_cfg.routing.kind
     if kind == "none":
         return kind
     r = model_cfg.routing

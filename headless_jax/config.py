@@ -16,7 +16,6 @@ DEFAULT_AXIS_RULES = (
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv", None),
@@ -61,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.remat = "none"  # none | full | dots (save matmul outputs)
     m.scan_layers = False
 
-    r = m.routing = ml_collections.ConfigDict()  # Learning to Skip (DESIGN §1.4), headless_jax.model.routing
+    r = m.routing = ml_collections.ConfigDict()  # Learning to Skip: headless_jax.model.routing
     r.kind = "none"  # none | skip (Gumbel gate, dense compute) | topk (Mixture-of-Depths capacity, real savings)
     r.layers = "every:2"  # which layers route: "every:N" (layers N-1, 2N-1, …), "all", or indices "1,3"
     r.skip = "block"  # what a routed layer skips: block | attention | mlp

@@ -13,7 +13,7 @@ from headless_jax import distributed
 
 # kind -> "module:function"; the function takes (config, workdir) and returns the results it wrote.
 RUNNERS: dict[str, str] = {
-    "classify": "headless_jax.downstream.classify:run",
+    "classify": "headless_jax.downstream.finetune:run",
     "lm_eval": "headless_jax.downstream.lm_eval:run",
 }
 

@@ -23,32 +23,18 @@ HEADROOM = 0.9
 
 def memory_report(config, hbm_bytes: float) -> dict:
     """Per-device memory of `config`'s train step on all visible devices, against `hbm_bytes`."""
-    import flax.linen as nn
     import jax
-    import ml_collections
     import numpy as np
 
-    from headless_jax import objectives
-    from headless_jax.model import LanguageModel
-    from headless_jax.train.optim import learning_rate_schedule, train_optimizer
-    from headless_jax.train.sharding import axis_rules, batch_sharding, make_mesh
-    from headless_jax.train.state import abstract_state
-    from headless_jax.train.step import build_train_step
-    from headless_jax.validate import validate_config
+    from headless_jax.experiment import build_experiment
 
-    validate_config(config, jax.device_count())
-    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    optimizer = train_optimizer(config)
-    objective = objectives.build_objective(config, model, objectives.SpecialTokens())
-    schedule = learning_rate_schedule(config.optim, config.train.num_steps)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        abstract, shardings = abstract_state(model, optimizer, config.data.seq_len, mesh, rules)
+    experiment = build_experiment(config)
+    layout, abstract = experiment.layout, experiment.abstract_state
+    with layout.active():
         token = jax.ShapeDtypeStruct((config.train.global_batch_size, config.data.seq_len), np.int32,
-                                     sharding=batch_sharding(mesh))
+                                     sharding=layout.batch_sharding)
         batch = {"tokens": token, "segment_ids": token, "positions": token}
-        step = build_train_step(objective, optimizer, schedule, shardings, mesh, config.train.microbatches)
-        analysis = step.lower(abstract, batch).compile().memory_analysis()
+        analysis = experiment.train_step.lower(abstract, batch).compile().memory_analysis()
 
     def per_device_bytes(tree) -> int:
         return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(tree))
@@ -57,7 +43,7 @@ def memory_report(config, hbm_bytes: float) -> dict:
              - analysis.alias_size_in_bytes)
     return {
         "devices": jax.device_count(),
-        "mesh": dict(mesh.shape),
+        "mesh": dict(layout.mesh.shape),
         "params_bytes": per_device_bytes(abstract["params"]),
         "optimizer_bytes": per_device_bytes(abstract["opt_state"]),
         "arguments_bytes": int(analysis.argument_size_in_bytes),

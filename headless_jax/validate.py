@@ -1,12 +1,18 @@
-"""Config checks run before anything is built: each error names the key and the fix."""
+"""The one check of a whole experiment config, run before anything is built: each error names the key and the fix.
+
+Modules keep only the checks that need values known at run time (files, tokenizers, process counts).
+"""
 import logging
+import math
 
 import ml_collections
 
+from headless_jax.data.packing import PACKINGS
 from headless_jax.model.attention import IMPLEMENTATIONS
-from headless_jax.model.routing import check_routing
+from headless_jax.model.routing import ROUTED_PARTS, ROUTING_KINDS, routed_layers
 from headless_jax.objectives.masking import num_masked
-from headless_jax.train.sharding import MESH_AXES, mesh_shape
+from headless_jax.train.layout import MESH_AXES, axis_rules, batch_axes, mesh_shape
+from headless_jax.train.optim import SCHEDULES
 
 CHOICES = {
     "model.activation": ("gelu", "swiglu"),
@@ -19,8 +25,8 @@ CHOICES = {
     "model.remat": ("none", "full", "dots"),
     "objective.task": ("mlm", "clm"),
     "objective.loss": ("cwt", "ce", "cwt+ce"),
-    "data.packing": ("windows", "documents"),
-    "optim.schedule": ("cosine", "linear", "constant", "wsd"),
+    "data.packing": PACKINGS,
+    "optim.schedule": SCHEDULES,
     "train.nonfinite": ("stop", "skip"),
     "train.trainable": ("all", "head"),
 }
@@ -36,11 +42,13 @@ def _get(config, dotted: str):
     return config
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
-    """Raises ConfigError for the first inconsistency found."""
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None, process_count: int = 1) -> None:
+    """Raises ConfigError for the first inconsistency found. num_devices None checks the model, objective and
+    data alone (a saved run restored onto another mesh), not the mesh and batch."""
     for key, allowed in CHOICES.items():
         if _get(config, key) not in allowed:
-            raise ConfigError(f"{key}={_get(config, key)!r} is not one of {allowed}; set --config.{key}=...")
+            raise ConfigError(f"{key}={_get(config, key)!r} is not one of {', '.join(allowed)}; set "
+                              f"--config.{key}=...")
     m, o, t, d = config.model, config.objective, config.train, config.data
 
     if o.task == "mlm" and m.causal:
@@ -50,6 +58,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, process
     if "ce" in o.loss.split("+") and m.head == "none":
         raise ConfigError(f"objective.loss={o.loss!r} needs a vocabulary head but model.head='none' (headless); "
                           "set --config.model.head=tied|untied or --config.objective.loss=cwt")
+    if o.ce_all_positions and (o.task != "mlm" or o.loss == "cwt" or o.ce_vocab_chunk > 0):
+        raise ConfigError("objective.ce_all_positions reproduces the reference MLM cost with dense logits: it needs "
+                          "objective.task=mlm, a ce loss and objective.ce_vocab_chunk=0")
     if t.trainable == "head" and (m.head == "none" or (m.causal and m.head == "tied")):
         raise ConfigError(f"train.trainable='head' trains the vocabulary head alone, but model.head={m.head!r} has no "
                           "parameters of its own; set --config.model.head=untied or --config.train.trainable=all")
@@ -61,20 +72,27 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, process
             num_masked(d.seq_len, o.mask_rate)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-    try:
-        check_routing(m)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    _check_routing(m)
 
-    data_shards, fsdp_shards, _ = mesh_shape(config.mesh, num_devices)
-    batch_shards = data_shards * fsdp_shards
+    for name, axes in config.mesh.axis_rules:
+        for axis in (axes,) if isinstance(axes, str) else (axes or ()):
+            if axis not in MESH_AXES:
+                raise ConfigError(f"mesh.axis_rules maps {name!r} to unknown mesh axis {axis!r}; use {MESH_AXES}")
+    if num_devices is not None:
+        _check_batch(config, num_devices, process_count)
+
+
+def _check_batch(config: ml_collections.ConfigDict, num_devices: int, process_count: int) -> None:
+    o, t = config.objective, config.train
+    sizes = dict(zip(MESH_AXES, mesh_shape(config.mesh, num_devices)))
+    batch_shards = math.prod(sizes[axis] for axis in batch_axes(axis_rules(config.mesh)))
     if t.global_batch_size % process_count:
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} does not divide over {process_count} "
                           "processes; make it a multiple of the process count")
     if t.global_batch_size % (batch_shards * t.microbatches):
         raise ConfigError(
-            f"train.global_batch_size={t.global_batch_size} is not divisible by batch shards (mesh.data × mesh.fsdp "
-            f"= {batch_shards}) × train.microbatches ({t.microbatches}) = {batch_shards * t.microbatches}; "
+            f"train.global_batch_size={t.global_batch_size} is not divisible by batch shards (the mesh axes of the "
+            f"'batch' rule: {batch_shards}) × train.microbatches ({t.microbatches}) = {batch_shards * t.microbatches}; "
             "change the batch size, the mesh or the number of microbatches")
     rows = t.global_batch_size // t.microbatches
     if "cwt" in o.loss.split("+") and o.cwt_group_size:
@@ -86,7 +104,36 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, process
             logging.warning("objective.cwt_group_size=%d spans several batch shards (%d sequences per shard): the "
                             "CWT logits then need communication; a divisor of %d keeps each group on one device",
                             o.cwt_group_size, rows // batch_shards, rows // batch_shards)
-    for name, axes in config.mesh.axis_rules:
-        for axis in (axes,) if isinstance(axes, str) else (axes or ()):
-            if axis not in MESH_AXES:
-                raise ConfigError(f"mesh.axis_rules maps {name!r} to unknown mesh axis {axis!r}; use {MESH_AXES}")
+
+
+def _check_routing(model_cfg) -> None:
+    kind = model_cfg.routing.kind
+    if kind not in ROUTING_KINDS:
+        raise ConfigError(f"unknown model.routing.kind {kind!r}; use one of {', '.join(ROUTING_KINDS)}")
+    if kind == "none":
+        return
+    r = model_cfg.routing
+    if r.skip not in ROUTED_PARTS:
+        raise ConfigError(f"unknown model.routing.skip {r.skip!r}; use one of {', '.join(ROUTED_PARTS)}")
+    try:
+        layers = routed_layers(model_cfg)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if model_cfg.scan_layers and len(layers) != model_cfg.num_layers:
+        raise ConfigError(f"model.scan_layers=True scans one block shape over all layers, but model.routing.layers="
+                          f"{r.layers!r} routes only {len(layers)} of {model_cfg.num_layers}; set "
+                          "--config.model.routing.layers=all or --config.model.scan_layers=False")
+    if kind == "skip":
+        if not 0.0 <= r.target <= 1.0:
+            raise ConfigError(f"model.routing.target={r.target} is an executed fraction: choose it in [0, 1]")
+        if r.temperature <= 0:
+            raise ConfigError(f"model.routing.temperature={r.temperature} must be > 0")
+        if r.budget_weight < 0:
+            raise ConfigError(f"model.routing.budget_weight={r.budget_weight} must be ≥ 0")
+    if kind == "topk":
+        if not 0.0 < r.capacity <= 1.0:
+            raise ConfigError(f"model.routing.capacity={r.capacity} must be in (0, 1]: the share of each sequence's "
+                              "tokens a routed layer runs")
+        if model_cfg.causal and r.predictor_dim <= 0:
+            raise ConfigError("a causal model with model.routing.kind=topk needs the causal predictor for inference "
+                              "(top-k looks at future tokens): set --config.model.routing.predictor_dim=64 (> 0)")

@@ -1,6 +1,6 @@
 """Tiny in-process pretraining runs for the LM-head and LM-evaluation tests (8 fake devices, seconds each)."""
 from headless_jax.data import book_names, read_book
-from headless_jax.train.loop import train
+from headless_jax.loop import train
 from test_configs import load_config
 
 

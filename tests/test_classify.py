@@ -11,12 +11,13 @@ import pytest
 
 from headless_jax.config import base_config
 from headless_jax.downstream import results
-from headless_jax.downstream.classifier import Classifier, build_init, class_weights, make_objective
-from headless_jax.downstream.classify import finetune_optimizer, parse_tasks, run
-from headless_jax.downstream.classify_config import classify_base_config
-from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
+from headless_jax.downstream.classifier import Classifier, class_weights, make_objective, pretrained_start
+from headless_jax.downstream.finetune import finetune_optimizer, parse_tasks, run
+from headless_jax.downstream.finetune_config import classify_base_config
 from headless_jax.evaluate import RUNNERS, runner
-from headless_jax.train.sharding import axis_rules, make_mesh
+from headless_jax.experiment import Experiment, PretrainedError, load_pretrained
+from headless_jax.model import BODY, HEAD
+from headless_jax.train.layout import Layout
 from test_configs import DOWNSTREAM_CONFIGS, load_config
 from test_pretrained import ROOT, pretrain
 
@@ -67,18 +68,21 @@ def test_fine_tuning_beats_the_majority_class(encoder_run, tmp_path):
 def test_the_state_starts_from_the_pretrained_body(encoder_run):
     config = tiny_config(encoder_run, "")
     config.mesh.update(data=4, fsdp=2)
-    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
-    pretrained = load_pretrained(str(encoder_run), mesh, rules, causal=False)
+    layout = Layout.from_config(config.mesh)
+    pretrained = load_pretrained(str(encoder_run), layout, causal=False)
     classifier = Classifier(ml_collections.FrozenConfigDict(pretrained.config.model), 3, "cls", 0.1)
-    init, shardings = build_init(classifier, optax.adamw(1e-3), 16, mesh, rules)
-    state = init(pretrained.params["body"], 0)
-    body = jax.tree_util.tree_leaves_with_path(state["params"]["body"])
-    want = jax.tree.leaves(pretrained.params["body"])
+    experiment = Experiment(layout, classifier, make_objective(classifier, 3, None), optax.adamw(1e-3),
+                            optax.constant_schedule(1e-3), 16)
+    shardings = experiment.state_shardings
+    with layout.active():
+        state = experiment.state_fn(pretrained_start(classifier, 16))(pretrained.params[BODY], jax.random.PRNGKey(0))
+    body = jax.tree_util.tree_leaves_with_path(state["params"][BODY])
+    want = jax.tree.leaves(pretrained.params[BODY])
     assert len(body) == len(want)
     for (path, got), expected in zip(body, want):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), err_msg=str(path))
         assert got.sharding == expected.sharding, path
-    head = state["params"]["head"]["classifier"]
+    head = state["params"][HEAD]["classifier"]
     assert head["kernel"].shape == (32, 3) and not np.asarray(head["bias"]).any()
     assert jax.tree.structure(state) == jax.tree.structure(shardings)
 

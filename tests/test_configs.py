@@ -10,10 +10,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from headless_jax.config import base_config
-from headless_jax.model import LanguageModel
-from headless_jax.train.optim import make_optimizer
-from headless_jax.train.sharding import MeshError, axis_rules, make_mesh
-from headless_jax.train.state import abstract_state, count_params
+from headless_jax.experiment import build_experiment
+from headless_jax.model import BODY, HEAD, embedding_matrix
+from headless_jax.train.layout import Layout, MeshError
 from headless_jax.validate import ConfigError, validate_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -45,26 +44,23 @@ DOWNSTREAM_CONFIGS: dict[str, list] = {  # `python -m headless_jax.evaluate` con
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in TWIN_ARGS.items() for a in args])
 def test_config_builds_model_and_abstract_state(name, arg):
     config = load_config(name, arg)
-    validate_config(config, num_devices=8)
-    mesh = make_mesh(config.mesh)
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    optimizer = make_optimizer(config.optim, config.train.num_steps)
-    abstract, shardings = abstract_state(model, optimizer, config.data.seq_len, mesh, axis_rules(config.mesh))
+    experiment = build_experiment(config)  # validates it first
+    abstract, shardings = experiment.abstract_state, experiment.state_shardings
     params = abstract["params"]
     head_has_params = config.model.head == "untied" or (config.model.head == "tied" and not config.model.causal)
-    assert ("head" in params) == head_has_params  # a tied causal head is E itself
-    embedding = params["body"]["embed"]["embedding"]
+    assert (HEAD in params) == head_has_params  # a tied causal head is E itself
+    embedding = embedding_matrix(params)
     assert embedding.shape == (config.model.vocab_size, config.model.d_model)
     assert count_params(params) > config.model.vocab_size * config.model.d_model
     assert jax.tree.structure(abstract) == jax.tree.structure(shardings)
 
 
+def count_params(params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))
+
+
 def test_bert_base_has_the_published_size():
-    config = load_config("bert_base", "ce")
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    abstract, _ = abstract_state(model, make_optimizer(config.optim, 10), 128, make_mesh(config.mesh),
-                                 axis_rules(config.mesh))
-    body = abstract["params"]["body"]
+    body = build_experiment(load_config("bert_base", "ce")).abstract_state["params"][BODY]
     non_embedding = count_params(body) - count_params(body["embed"]) - count_params(body["position_embed"])
     embed_norm = 2 * 768
     assert non_embedding == 12 * (4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768) + embed_norm
@@ -72,15 +68,11 @@ def test_bert_base_has_the_published_size():
 
 def test_pythia160m_has_the_published_size():
     # EleutherAI/pythia-160m has 162 322 944 parameters (embedding and untied head 50 304 × 768 each).
-    config = load_config("pythia160m", "ce")
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    abstract, _ = abstract_state(model, make_optimizer(config.optim, 10), 128, make_mesh(config.mesh),
-                                 axis_rules(config.mesh))
-    params = abstract["params"]
+    params = build_experiment(load_config("pythia160m", "ce")).abstract_state["params"]
     d, f, v = 768, 3072, 50304
     layer = 4 * d * d + 4 * d + 2 * d * f + f + d + 2 * 2 * d  # attention, MLP, two layer norms
-    assert count_params(params["body"]) == v * d + 12 * layer + 2 * d  # + the final norm
-    assert count_params(params["head"]) == v * d
+    assert count_params(params[BODY]) == v * d + 12 * layer + 2 * d  # + the final norm
+    assert count_params(params[HEAD]) == v * d
     assert count_params(params) == 162_322_944
 
 
@@ -135,4 +127,4 @@ def test_mesh_errors(sizes, devices, message):
     config = tiny()
     config.mesh.update(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])
     with pytest.raises(MeshError, match=message):
-        make_mesh(config.mesh, jax.devices()[:devices])
+        Layout.from_config(config.mesh, jax.devices()[:devices])

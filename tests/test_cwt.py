@@ -156,7 +156,7 @@ def test_embedding_gradient_only_on_rows_of_present_tokens():
 
 def test_groups_stay_on_their_shard():
     """Batch sharded 8 ways, one group per shard: no collective but the final scalar sums."""
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))  # as headless_jax.train.sharding
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))  # as headless_jax.train.layout
     o, embedding, targets, valid = random_case(7, batch=16, length=4, scale=1.0)
     t = jnp.take(embedding, targets, axis=0)
     shard = lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))

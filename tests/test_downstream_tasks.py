@@ -6,10 +6,11 @@ from headless_jax.data import book_names, split_books
 from headless_jax.data.errors import DataError, MissingDataError
 from headless_jax.data.tokenizer import Tokenizer
 from headless_jax.downstream import books, glue
-from headless_jax.downstream.classify import parse_tasks
-from headless_jax.downstream.classify_config import classify_base_config
+from headless_jax.downstream.finetune import parse_tasks
+from headless_jax.downstream.finetune_config import classify_base_config
 from headless_jax.downstream.encode import encode, truncate_pair
-from headless_jax.downstream.tasks import Example, load_task
+from headless_jax.downstream.examples import Example
+from headless_jax.downstream.tasks import load_task
 
 
 def write_tsv(path, rows):

@@ -3,7 +3,6 @@ import dataclasses
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from scipy.special import logsumexp
@@ -14,10 +13,10 @@ from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE, Tokenizer, train_sen
 from headless_jax.downstream.lm_eval import (last_word_accuracy, model_scorer, perplexity, read_texts, run,
                                              token_pieces)
 from headless_jax.downstream.lm_rows import last_word_row, last_word_start, paragraph_passages, perplexity_rows
-from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
 from headless_jax.downstream.results import RESULTS_JSON
-from headless_jax.model import LanguageModel, embedding_matrix
-from headless_jax.train.sharding import axis_rules, make_mesh
+from headless_jax.experiment import PretrainedError, build_experiment, load_pretrained
+from headless_jax.model import HEAD, embedding_matrix
+from headless_jax.train.layout import Layout
 from lm_helpers import book_text, tiny_run
 from test_configs import load_config
 
@@ -156,8 +155,8 @@ def test_paragraph_passages_end_on_a_word_and_skip_short_paragraphs():
 def load(workdir, **kwargs):
     mesh_cfg = base_config().mesh
     mesh_cfg.update(data=4, fsdp=2)
-    mesh, rules = make_mesh(mesh_cfg), axis_rules(mesh_cfg)
-    return load_pretrained(str(workdir), mesh, rules, **kwargs), mesh, rules
+    layout = Layout.from_config(mesh_cfg)
+    return load_pretrained(str(workdir), layout, **kwargs), layout
 
 
 def hidden_states(pretrained, tokens: list[int]) -> np.ndarray:
@@ -177,7 +176,7 @@ def test_headless_perplexity_through_o_dot_e_matches_float64(decoder_run, tmp_pa
     assert json.loads((tmp_path / RESULTS_JSON).read_text()) == results
     assert results["scoring"] == "o·Eᵀ (headless)" and results["last_word"]["passages"] == 4
 
-    pretrained, _, _ = load(decoder_run)
+    pretrained, _ = load(decoder_run)
     embedding_VxD = np.asarray(embedding_matrix(pretrained.params), np.float64)
     nlls, windows = [], {}
     for text in read_texts(f"jsonl:{FIXTURE}", 0.0):
@@ -194,13 +193,13 @@ def test_headless_perplexity_through_o_dot_e_matches_float64(decoder_run, tmp_pa
 
 
 def test_model_last_word_check_is_greedy_decoding(decoder_run):
-    pretrained, mesh, rules = load(decoder_run)
+    pretrained, layout = load(decoder_run)
     embedding_VxD = np.asarray(embedding_matrix(pretrained.params), np.float64)
     context = [pretrained.tokenizer.eos_id] + pretrained.tokenizer.encode("It was a dark and stormy night; the")
     greedy = list(context)
     for _ in range(3):  # brute force: the whole prefix through the model for each new token, float64 o·Eᵀ
         greedy.append(int(np.argmax(hidden_states(pretrained, greedy)[-1] @ embedding_VxD.T)))
-    scorer = model_scorer(pretrained, mesh, rules, vocab_chunk=100)  # 4 vocabulary chunks
+    scorer = model_scorer(pretrained, layout, vocab_chunk=100)  # 4 vocabulary chunks
     variants = {"greedy": greedy, "last token off": greedy[:-1] + [(greedy[-1] + 1) % VOCAB],
                 "first token off": greedy[:-3] + [(greedy[-3] + 1) % VOCAB] + greedy[-2:]}
     tokens = np.zeros((8, 32), np.int32)
@@ -234,19 +233,17 @@ def test_another_tokenizer_is_refused(decoder_run, tokenizer, tmp_path):
 
 def test_a_head_copied_from_e_scores_exactly_like_o_dot_e(decoder_run):
     """The LM-head phase starts from the headless model's own language model: head = E gives the same scores."""
-    pretrained, mesh, rules = load(decoder_run)
+    pretrained, layout = load(decoder_run)
     config = pretrained.config.copy_and_resolve_references()
     config.model.head = "untied"
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    params = dict(pretrained.params, head={"decoder": embedding_matrix(pretrained.params)})
-    embedding_sharding = pretrained.param_shardings["body"]["embed"]["embedding"]
-    shardings = dict(pretrained.param_shardings, head={"decoder": embedding_sharding})
-    with_head = dataclasses.replace(pretrained, config=config, model=model, params=params, param_shardings=shardings)
+    params = dict(pretrained.params, **{HEAD: {"decoder": embedding_matrix(pretrained.params)}})
+    with_head = dataclasses.replace(pretrained, config=config, experiment=build_experiment(config, layout=layout),
+                                    params=params)
     tokens = np.array([pretrained.tokenizer.encode("It was the best of times, it was the worst of times.")[:32]] * 8,
                       np.int32)
     batch = {"tokens": tokens, "segment_ids": np.ones_like(tokens),
              "positions": np.tile(np.arange(tokens.shape[1], dtype=np.int32), (8, 1))}
-    headless_logprob, headless_argmax = model_scorer(pretrained, mesh, rules, 0)(batch)
-    head_logprob, head_argmax = model_scorer(with_head, mesh, rules, 0)(batch)
+    headless_logprob, headless_argmax = model_scorer(pretrained, layout, 0)(batch)
+    head_logprob, head_argmax = model_scorer(with_head, layout, 0)(batch)
     np.testing.assert_allclose(head_logprob, headless_logprob, rtol=1e-6)
     np.testing.assert_array_equal(head_argmax, headless_argmax)

@@ -1,19 +1,16 @@
 """LM-head fine-tuning (train.init_from) and the head-only probe (train.trainable='head')."""
+import dataclasses
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from headless_jax.model import LanguageModel
-from headless_jax.train.init_from import InitFromError, init_params
-from headless_jax.train.loop import train
-from headless_jax.train.optim import train_optimizer
-from headless_jax.train.sharding import axis_rules, make_mesh
-from headless_jax.train.state import create_state
+from headless_jax.experiment import build_experiment
+from headless_jax.loop import train
+from headless_jax.train.init_from import InitFromError
 from lm_helpers import book_text, shrink, tiny_run
 from test_configs import load_config
 
@@ -40,18 +37,17 @@ def lm_head_config(text, init_from, steps=3, **train_keys):
     return config
 
 
-def fresh_params(config):
-    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    state, shardings = create_state(model, train_optimizer(config), config.data.seq_len, 1, mesh, rules)
-    return state["params"], shardings["params"], mesh, rules
+def start_params(config):
+    """(the parameters the run starts from, through init_from; the same model's fresh ones; their shardings)."""
+    experiment = build_experiment(config)
+    fresh = dataclasses.replace(experiment, config=None).init_state()["params"]  # no config: no init_from
+    return experiment.init_state()["params"], fresh, experiment.state_shardings["params"]
 
 
 def test_the_head_starts_as_an_exact_copy_of_the_embeddings(text, headless_run):
     config = lm_head_config(text, headless_run)
     config.mesh.update(data=2, fsdp=2, tensor=2)  # not the layout the headless run was saved from
-    fresh, shardings, mesh, rules = fresh_params(config)
-    params = init_params(config, fresh, shardings, mesh, rules)
+    params, fresh, shardings = start_params(config)
     source = saved_params(headless_run, 2)
     np.testing.assert_array_equal(np.asarray(params["head"]["decoder"]), source["body"]["embed"]["embedding"])
     assert not np.array_equal(np.asarray(fresh["head"]["decoder"]), source["body"]["embed"]["embedding"])
@@ -85,10 +81,10 @@ def test_a_model_of_another_shape_is_refused_naming_the_keys(text, headless_run)
     config = lm_head_config(text, headless_run)
     config.model.update(d_model=64, mlp_dim=128)
     with pytest.raises(InitFromError, match=r"model.d_model \(32 there, 64 here\), model.mlp_dim"):
-        init_params(config, *fresh_params(config))
+        build_experiment(config).init_state()
 
 
 def test_a_workdir_that_is_not_a_run_is_refused(text, tmp_path):
     config = lm_head_config(text, tmp_path)  # the encoder/decoder and tokenizer checks: tests/test_lm_eval.py
     with pytest.raises(InitFromError, match="train.init_from: .* no checkpoints/ there"):
-        init_params(config, *fresh_params(config))
+        build_experiment(config).init_state()

@@ -1,4 +1,4 @@
-"""MLM masking (DESIGN §1.1): exactly k eligible positions, 80/10/10 corruption, original targets."""
+"""MLM masking: exactly k eligible positions, 80/10/10 corruption, original targets."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -17,7 +17,7 @@ from headless_jax import distributed
 from headless_jax.config import base_config
 from headless_jax.data import book_names, build_data, read_book
 from headless_jax.data.pipeline import eval_batches, train_iterator
-from headless_jax.train.loop import train
+from headless_jax.loop import train
 from tests.test_configs import load_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")

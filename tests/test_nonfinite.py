@@ -3,9 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from headless_jax import objectives
+from headless_jax import experiment, loop
 from headless_jax.data import book_names, read_book
-from headless_jax.train import loop
 from headless_jax.train.checkpoint import Checkpointer
 from tests.test_resume import assert_same_params, final_params
 from tests.train_helpers import tiny_config
@@ -24,7 +23,7 @@ def config(tmp_path):
 
 def poison(monkeypatch):
     """Every loss from now on is NaN."""
-    build = objectives.build_objective
+    build = experiment.build_objective
 
     def build_poisoned(*args, **kwargs):
         objective = build(*args, **kwargs)
@@ -33,7 +32,7 @@ def poison(monkeypatch):
             loss, metrics = objective(params, batch, rng, deterministic)
             return loss * jax.numpy.nan, dict(metrics, loss=loss * jax.numpy.nan)
         return nan_objective
-    monkeypatch.setattr(objectives, "build_objective", build_poisoned)
+    monkeypatch.setattr(experiment, "build_objective", build_poisoned)
 
 
 def test_nan_stops_the_run_and_the_last_checkpoint_is_intact(config, tmp_path, monkeypatch):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from headless_jax.config import base_config
-from headless_jax.model import LanguageModel, embedding_matrix
+from headless_jax.model import BODY, LanguageModel, embedding_matrix
 from headless_jax.objectives import SpecialTokens, build_objective, mask_tokens, next_token_targets
+from headless_jax.validate import ConfigError, validate_config
 from tests.test_ce import numpy_cross_entropy
 from tests.test_cwt import numpy_cwt
 
@@ -102,7 +103,7 @@ def test_headless_mlm_is_masking_then_model_then_cwt():
     want = numpy_cwt(o, t, valid, 2, 0.5)[0]
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     np.testing.assert_allclose(metrics["cwt_loss"], want, rtol=1e-5)
-    assert metrics["num_tokens"] == valid.sum()
+    assert metrics["num_predictions"] == valid.sum()
     np.testing.assert_allclose(metrics["accuracy"], headless_accuracy(o, params, masked.targets_BxK, valid))
 
 
@@ -114,7 +115,7 @@ def test_headless_clm_predicts_next_tokens_within_documents():
     t = np.asarray(embedding_matrix(params))[targets]
     want = numpy_cwt(h[:, :-1], t, valid, 2, 0.5)[0]
     np.testing.assert_allclose(loss, want, rtol=1e-5)
-    assert metrics["num_tokens"] == valid.sum() == 15 + 9 + 13 + 3
+    assert metrics["num_predictions"] == valid.sum() == 15 + 9 + 13 + 3
     np.testing.assert_allclose(metrics["accuracy"], headless_accuracy(h[:, :-1], params, targets, valid))
 
 
@@ -159,7 +160,7 @@ def test_mixed_loss_is_the_weighted_sum():
     headless, classical = objective_for(config("clm", "cwt")), objective_for(config("clm", "ce", "untied"))
     rng = jax.random.key(7)
     loss, metrics = mixed(params, b, rng, True)
-    cwt = headless({"body": params["body"]}, b, rng, True)[0]
+    cwt = headless({BODY: params[BODY]}, b, rng, True)[0]
     ce = classical(params, b, rng, True)[0]
     np.testing.assert_allclose([metrics["cwt_loss"], metrics["ce_loss"]], [cwt, ce], rtol=1e-6)
     np.testing.assert_allclose(loss, 0.3 * cwt + 2.0 * ce, rtol=1e-6)
@@ -175,12 +176,12 @@ def test_mixed_loss_is_the_weighted_sum():
 def test_config_errors_name_the_fix(task, loss, head, options, message):
     cfg = config(task, loss, head).as_configdict()
     cfg.objective.update(options)
-    with pytest.raises(ValueError, match=message):
-        build_objective(ml_collections.FrozenConfigDict(cfg), LanguageModel(cfg.model), SPECIAL)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg, num_devices=None)
 
 
 def test_task_must_match_the_attention_pattern():
     cfg = config("clm", "cwt").as_configdict()
     cfg.model.causal = False  # a bidirectional model would see the token it predicts
-    with pytest.raises(ValueError, match="--config.model.causal=True"):
-        build_objective(ml_collections.FrozenConfigDict(cfg), LanguageModel(cfg.model), SPECIAL)
+    with pytest.raises(ConfigError, match="--config.model.causal=True"):
+        validate_config(cfg, num_devices=None)

@@ -12,8 +12,9 @@ import pytest
 from headless_jax.config import base_config
 from headless_jax.data import book_names, read_book
 from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE
-from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
-from headless_jax.train.sharding import axis_rules, make_mesh
+from headless_jax.experiment import PretrainedError, load_pretrained
+from headless_jax.model import embedding_matrix
+from headless_jax.train.layout import Layout, axis_rules
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -44,7 +45,7 @@ def encoder_run(tmp_path_factory):
 def load(workdir, **kwargs):
     mesh_cfg = base_config().mesh
     mesh_cfg.update(data=2, fsdp=4)  # 8 devices, FSDP: not the 2 × tensor 2 layout the run was saved from
-    return load_pretrained(str(workdir), make_mesh(mesh_cfg), axis_rules(mesh_cfg), **kwargs)
+    return load_pretrained(str(workdir), Layout.from_config(mesh_cfg), **kwargs)
 
 
 def test_parameters_restore_exactly_onto_a_different_mesh(encoder_run):
@@ -52,7 +53,7 @@ def test_parameters_restore_exactly_onto_a_different_mesh(encoder_run):
     saved = ocp.StandardCheckpointer().restore(os.path.join(encoder_run, "checkpoints", "4", "state"))["params"]
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(pretrained.params), jax.tree.leaves(saved)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(path))
-    embedding = pretrained.params["body"]["embed"]["embedding"]
+    embedding = embedding_matrix(pretrained.params)
     assert embedding.sharding.spec == nn.logical_to_mesh_axes(("vocab", "embed"), axis_rules(base_config().mesh))
     assert len(embedding.sharding.device_set) == 8
     assert pretrained.step == 4 and pretrained.config.model.vocab_size == 384

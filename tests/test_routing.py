@@ -1,4 +1,4 @@
-"""Learning to Skip (DESIGN §1.4): skip and topk routed layers against dense models and hand references."""
+"""Learning to Skip: skip and topk routed layers against dense models and hand references."""
 import functools
 from unittest import mock
 
@@ -15,7 +15,7 @@ from headless_jax.config import base_config
 from headless_jax.model import LanguageModel, routing
 from headless_jax.model.transformer import Block
 from headless_jax.train import flops
-from headless_jax.train.sharding import axis_rules, batch_sharding, make_mesh
+from headless_jax.train.layout import Layout
 from headless_jax.validate import ConfigError, validate_config
 from tests.train_helpers import random_batches, run_steps, tiny_config
 
@@ -310,7 +310,7 @@ def test_scanned_rematerialised_routing_equals_dense_at_capacity_one_and_reports
     assert params["body"]["layers"]["router"]["score"]["kernel"].shape == (2, 32, 1)
     h, state = apply(routed, params, args, deterministic=False, jit=False)
     np.testing.assert_array_equal(h, apply_dense(dense_cfg, params, args))
-    assert sorted(routing.layer_stats(state["routing"])["executed_fraction"]) == [0, 1]
+    assert sorted(routing.collect_stats(state["routing"]).executed_fraction) == [0, 1]
 
 
 def test_flops_count_what_topk_executes_by_hand():
@@ -367,14 +367,14 @@ def test_bench_routing_sweep_times_dense_against_topk_unscanned():
 def test_topk_gathers_and_scatters_stay_on_each_batch_shard():
     """Data parallel over 8 devices: the routed forward compiles with no cross-device data movement."""
     config = tiny_experiment("topk", capacity=0.5, layers="all")
-    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
+    layout = Layout.from_config(config.mesh)
     model = make(config.model)
     tokens, segments, positions = inputs(batch=8, packed=False)
     params = init(model, (tokens, segments, positions))
     forward = jax.jit(lambda p, t, s, q: model.apply({"params": p}, t, s, q, deterministic=False,
                                                      rngs={"dropout": jax.random.key(0)}),
-                      in_shardings=(None,) + (batch_sharding(mesh),) * 3)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+                      in_shardings=(None,) + (layout.batch_sharding,) * 3)
+    with layout.active():
         hlo = forward.lower(params, tokens, segments, positions).compile().as_text()
     for collective in ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter"):
         assert collective not in hlo, collective

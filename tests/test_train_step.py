@@ -1,17 +1,13 @@
 """The sharded train step: same numbers on any mesh; accumulation equals a big batch; non-finite guard."""
-import flax.linen as nn
+import dataclasses
+
 import jax
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from headless_jax import objectives
-from headless_jax.model import LanguageModel
-from headless_jax.train.optim import learning_rate_schedule
-from headless_jax.train.sharding import axis_rules, global_batch, make_mesh
-from headless_jax.train.state import create_state
-from headless_jax.train.step import build_train_step
+from headless_jax.experiment import build_experiment
+from headless_jax.model import embedding_matrix
 
 from tests.train_helpers import random_batches, run_steps, tiny_config
 
@@ -40,7 +36,7 @@ def test_losses_and_params_are_the_same_on_every_mesh(task, loss):
 def test_parameters_are_sharded_as_the_rules_say():
     *_, state = run_steps(with_mesh(tiny_config("mlm", "ce"), (2, 2, 2)), random_batches(1, 16))
     params = state["params"]["body"]
-    embedding = params["embed"]["embedding"]  # ('vocab', 'embed') -> ('tensor', 'fsdp')
+    embedding = embedding_matrix(state["params"])  # ('vocab', 'embed') -> ('tensor', 'fsdp')
     assert embedding.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
     assert embedding.addressable_shards[0].data.shape == (64 // 2, 32 // 2)
     query = params["layer_0"]["attention"]["query"]["kernel"]  # ('embed', 'heads', 'kv')
@@ -53,32 +49,27 @@ def test_gradient_accumulation_equals_one_big_batch():
     # group_size 1 makes each sequence its own negative group, so the loss does not depend on which
     # sequences share a microbatch; plain SGD makes "same parameters" mean "same gradients".
     sgd = optax.sgd(0.5)
-    batches = random_batches(2, 16)
+    batches, devices = random_batches(2, 16), jax.devices()[:4]  # 4 microbatches of 4 rows: one per shard
     config = tiny_config("clm", "cwt")
     config.objective.cwt_group_size = 1
-    losses, params, _ = run_steps(config, batches, optimizer=sgd)
+    losses, params, _ = run_steps(config, batches, devices, optimizer=sgd)
     config.train.microbatches = 4
-    accumulated_losses, accumulated_params, _ = run_steps(config, batches, optimizer=sgd)
+    accumulated_losses, accumulated_params, _ = run_steps(config, batches, devices, optimizer=sgd)
     np.testing.assert_allclose(accumulated_losses, losses, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accumulated_params, params)
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), params, run_steps(config, [], optimizer=sgd)[1]))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), params, run_steps(config, [], devices, optimizer=sgd)[1]))
     assert max(moved) > 1e-3  # the steps did change the parameters
 
 
 def test_a_non_finite_update_is_not_applied():
-    config = tiny_config("clm", "cwt")
-    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    objective = objectives.build_objective(config, model, objectives.SpecialTokens())
-    schedule = learning_rate_schedule(config.optim, 10)
-    good, poisoned = optax.sgd(0.1), optax.sgd(float("nan"))  # same state structure, NaN updates
+    good = build_experiment(tiny_config("clm", "cwt"), optimizer=optax.sgd(0.1))
+    poisoned = dataclasses.replace(good, optimizer=optax.sgd(float("nan")))  # same state structure, NaN updates
     batch = random_batches(1, 16)[0]
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state, shardings = create_state(model, good, config.data.seq_len, 0, mesh, rules)
-        state, metrics = build_train_step(objective, good, schedule, shardings, mesh)(state, global_batch(batch, mesh))
+    with good.layout.active():
+        state = good.init_state()
+        state, metrics = good.train_step(state, good.layout.global_batch(batch))
         assert float(metrics["finite"]) == 1
         before = jax.device_get(state["params"])
-        state, metrics = build_train_step(objective, poisoned, schedule, shardings, mesh)(
-            state, global_batch(batch, mesh))
+        state, metrics = poisoned.train_step(state, good.layout.global_batch(batch))
     assert float(metrics["finite"]) == 0 and int(state["step"]) == 2
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["params"]), before)

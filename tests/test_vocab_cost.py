@@ -2,17 +2,10 @@
 no [N,V] logits — the o·Eᵀ accuracy is evaluation-only unless asked for. Checked on the compiled step."""
 import re
 
-import flax.linen as nn
 import jax
-import ml_collections
 import pytest
 
-from headless_jax import objectives
-from headless_jax.model import LanguageModel
-from headless_jax.train.optim import learning_rate_schedule, make_optimizer
-from headless_jax.train.sharding import axis_rules, global_batch, make_mesh
-from headless_jax.train.state import abstract_state
-from headless_jax.train.step import build_train_step
+from headless_jax.experiment import build_experiment
 from tests.train_helpers import random_batches, tiny_config
 
 VOCAB = 509  # a size no other dimension of the tiny model has
@@ -23,14 +16,10 @@ def vocab_shapes(loss: str, **objective) -> set[tuple[int, ...]]:
     config = tiny_config("clm", loss, batch=8)
     config.model.vocab_size = VOCAB
     config.objective.update(objective)
-    mesh, rules = make_mesh(config.mesh, jax.devices()[:1]), axis_rules(config.mesh)
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    optimizer = make_optimizer(config.optim, config.train.num_steps)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state, shardings = abstract_state(model, optimizer, config.data.seq_len, mesh, rules)
-        step = build_train_step(objectives.build_objective(config, model, objectives.SpecialTokens()), optimizer,
-                                learning_rate_schedule(config.optim, 10), shardings, mesh)
-        hlo = step.lower(state, global_batch(random_batches(1, 8)[0], mesh)).compile().as_text()
+    experiment = build_experiment(config, jax.devices()[:1])
+    with experiment.layout.active():
+        batch = experiment.layout.global_batch(random_batches(1, 8)[0])
+        hlo = experiment.train_step.lower(experiment.abstract_state, batch).compile().as_text()
     shapes = {tuple(int(d) for d in dims.split(",")) for dims in re.findall(r"\[(\d+(?:,\d+)*)\]", hlo)}
     return {s for s in shapes if VOCAB in s}
 

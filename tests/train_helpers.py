@@ -1,17 +1,11 @@
 """Small builders shared by the training tests: a tiny config, random batches, n steps on a given mesh."""
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 import optax
 
-from headless_jax import objectives
 from headless_jax.config import base_config
-from headless_jax.model import LanguageModel
-from headless_jax.train.optim import learning_rate_schedule, make_optimizer
-from headless_jax.train.sharding import axis_rules, global_batch, make_mesh
-from headless_jax.train.state import create_state
-from headless_jax.train.step import build_train_step
+from headless_jax.experiment import build_experiment
 
 VOCAB, SEQ_LEN = 64, 16
 
@@ -36,17 +30,12 @@ def random_batches(n: int, batch: int, seed: int = 0) -> list[dict]:
 
 
 def run_steps(config, batches, devices=None, optimizer: optax.GradientTransformation | None = None):
-    """Trains on `batches` with the config's mesh over `devices`; returns (losses, final params as numpy)."""
-    mesh, rules = make_mesh(config.mesh, devices), axis_rules(config.mesh)
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    objective = objectives.build_objective(config, model, objectives.SpecialTokens())
-    optimizer = optimizer or make_optimizer(config.optim, config.train.num_steps)
-    schedule = learning_rate_schedule(config.optim, config.train.num_steps)
+    """Trains on `batches` with the config's mesh over `devices`; returns (losses, final params as numpy, state)."""
+    experiment = build_experiment(config, devices, optimizer=optimizer)
     losses = []
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state, shardings = create_state(model, optimizer, config.data.seq_len, config.seed, mesh, rules)
-        step = build_train_step(objective, optimizer, schedule, shardings, mesh, config.train.microbatches)
+    with experiment.layout.active():
+        state = experiment.init_state()
         for batch in batches:
-            state, metrics = step(state, global_batch(batch, mesh))
+            state, metrics = experiment.train_step(state, experiment.layout.global_batch(batch))
             losses.append(float(metrics["loss"]))
         return np.array(losses), jax.device_get(state["params"]), state

@@ -78,11 +78,18 @@ def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_
                         f"(now {config.data.heldout_fraction}) or lower data.seq_len")
     rows = np.arange(wanted) * total_rows // wanted if wanted <= total_rows else np.arange(wanted) % total_rows
     source_of_row = np.searchsorted(first_row, rows, "right") - 1
-    ids = np.stack([source_of_row, rows - first_row[source_of_row]])
-    # global batch s is local batches s·P .. s·P + P-1, as in train_iterator
-    local_ids = ids.reshape(2, num_batches * process_count, _local_batch_size(config, process_count))
-    return [_read_rows(sources, (local_ids[0, b], local_ids[1, b]))
-            for b in range(process_index, num_batches * process_count, process_count)]
+    _local_batch_size(config, process_count)  # its clear error for a batch that does not split over the processes
+    source_NxB = source_of_row.reshape(num_batches, -1)
+    row_NxB = (rows - first_row[source_of_row]).reshape(num_batches, -1)
+    local = [process_rows({"source": s, "row": r}, process_index, process_count) for s, r in zip(source_NxB, row_NxB)]
+    return [_read_rows(sources, (ids["source"], ids["row"])) for ids in local]
+
+
+def process_rows(batch: Batch, process_index: int, process_count: int) -> Batch:
+    """Process `process_index`'s share of a global batch: rows [p·b, (p+1)·b) of every array, b = B / count.
+    Side by side in process order the shares are the global batch (what make_array_from_process_local_data
+    assembles, and how train_iterator deals its batches)."""
+    return {k: np.split(np.asarray(v), process_count)[process_index] for k, v in batch.items()}
 
 
 def build_data(config: ml_collections.ConfigDict, workdir: epath.PathLike, process_index: int | None = None,

@@ -10,7 +10,7 @@ import ml_collections
 
 from headless_jax.data import book_names, split_books
 from headless_jax.data.errors import DataError
-from headless_jax.downstream.tasks import Example, TaskData
+from headless_jax.downstream.examples import Example, TaskData
 
 SPLITS = ("train", "dev", "test")
 

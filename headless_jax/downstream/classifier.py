@@ -6,18 +6,40 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from headless_jax.model.heads import ClassificationHead
+from headless_jax.experiment import dummy_batch
+from headless_jax.model import BODY, HEAD
+from headless_jax.model.layers import dense_init, zeros_init
 from headless_jax.model.transformer import Transformer
-from headless_jax.train.sharding import batch_sharding, logical_shardings
-from headless_jax.train.state import TrainState, dummy_batch
+from headless_jax.train.layout import Layout
+
+
+class ClassificationHead(nn.Module):
+    """Sequence classification / regression: pooled hidden state → dropout → linear."""
+    num_outputs: int
+    pooling: str = "cls"  # cls (first token) | mean (over non-padding tokens)
+    dropout_rate: float = 0.1
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, h_BxLxD: jax.Array, segment_ids_BxL: jax.Array, deterministic: bool = True) -> jax.Array:
+        if self.pooling == "cls":
+            pooled_BxD = h_BxLxD[:, 0]
+        elif self.pooling == "mean":
+            weights_BxL = (segment_ids_BxL != 0).astype(jnp.float32)
+            pooled_BxD = (h_BxLxD * weights_BxL[..., None]).sum(1) / jnp.maximum(weights_BxL.sum(1, keepdims=True), 1)
+        else:
+            raise ValueError(f"unknown pooling {self.pooling!r}; use cls or mean")
+        pooled_BxD = nn.Dropout(self.dropout_rate)(pooled_BxD.astype(jnp.float32), deterministic=deterministic)
+        return nn.Dense(self.num_outputs, name="classifier",
+                        kernel_init=dense_init(self.init_std, ("embed", "classes")),
+                        bias_init=zeros_init(("classes",)))(pooled_BxD)
 
 
 class Classifier(nn.Module):
-    """tokens → [B, num_outputs] logits (or one regression output). `body` has the pretrained run's parameter
-    names (LanguageModel's `body`), so its parameters drop in unchanged."""
+    """tokens → [B, num_outputs] logits (or one regression output). Its body has the pretrained run's parameter
+    names (a LanguageModel's body), so its parameters drop in unchanged."""
     model_cfg: ml_collections.FrozenConfigDict
     num_outputs: int
     pooling: str
@@ -60,38 +82,23 @@ def make_objective(classifier: Classifier, num_classes: int, weights_C: np.ndarr
     return objective
 
 
-def build_init(classifier: Classifier, optimizer: optax.GradientTransformation, seq_len: int, mesh,
-               rules) -> tuple[Callable[[dict, int], TrainState], TrainState]:
-    """(init, shardings): `init(body_params, seed)` is a state of the pretrained body, a fresh head (from `seed`)
-    and fresh optimiser moments; one compilation serves every seed."""
+def pretrained_start(classifier: Classifier, seq_len: int) -> Callable[[dict, jax.Array], dict]:
+    """`(body params, rng) → params`: the pretrained body and a fresh head drawn from `rng` (for
+    Experiment.state_fn, so that one compilation serves every seed)."""
     batch = dummy_batch(seq_len)
 
-    def boxed_state(rng):
-        params = classifier.init(rng, batch["tokens"], batch["segment_ids"], batch["positions"])["params"]
-        return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
-
-    shardings = logical_shardings(jax.eval_shape(boxed_state, jax.random.PRNGKey(0)), mesh, rules)
-
-    def state(body, rng):
+    def params(body, rng):
         h_1xLxD = jnp.zeros((1, seq_len, classifier.model_cfg.d_model), jnp.float32)
         head = classification_head(classifier, parent=None)
-        head_params = nn.unbox(head.init(rng, h_1xLxD, batch["segment_ids"])["params"])
         # A copy: the train step donates its state, and the pretrained body must survive for the next seed.
-        params = {"body": jax.tree.map(jnp.copy, body), "head": head_params}
-        return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
-
-    jitted = jax.jit(state, out_shardings=shardings)
-
-    def init(body_params, seed: int) -> TrainState:
-        with nn.logical_axis_rules(rules):
-            return jitted(body_params, jax.random.PRNGKey(seed))
-    return init, shardings
+        return {BODY: jax.tree.map(jnp.copy, body), HEAD: head.init(rng, h_1xLxD, batch["segment_ids"])["params"]}
+    return params
 
 
-def build_predict(classifier: Classifier, param_shardings, mesh) -> Callable:
+def build_predict(classifier: Classifier, param_shardings, layout: Layout) -> Callable:
     """`predict(params, batch) -> [B, num_outputs]`, deterministic, replicated on every process."""
     def predict(params, batch):
         return classifier.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"], True)
 
-    return jax.jit(predict, in_shardings=(param_shardings, batch_sharding(mesh)),
-                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return jax.jit(predict, in_shardings=(param_shardings, layout.batch_sharding),
+                   out_shardings=NamedSharding(layout.mesh, PartitionSpec()))

@@ -7,7 +7,7 @@ attention masks out. Over-long pairs are truncated longest-first (BERT's rule), 
 import numpy as np
 
 from headless_jax.data.tokenizer import Tokenizer
-from headless_jax.downstream.tasks import Example
+from headless_jax.downstream.examples import Example
 
 
 def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:

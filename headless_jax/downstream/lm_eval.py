@@ -9,7 +9,6 @@ is right, each given the true tokens before it (teacher-forced argmax equals gre
 import math
 from collections.abc import Callable, Iterator
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -19,11 +18,11 @@ from jax.experimental import multihost_utils
 from headless_jax.data import Tokenizer, parse_sources
 from headless_jax.data.split import split_document
 from headless_jax.downstream.lm_rows import Row, last_word_row, paragraph_passages, perplexity_rows
-from headless_jax.downstream.pretrained import Pretrained, load_pretrained
 from headless_jax.downstream.results import write_json
+from headless_jax.experiment import Pretrained, load_pretrained
 from headless_jax.model import embedding_matrix
 from headless_jax.objectives import vocab_stats
-from headless_jax.train.sharding import axis_rules, batch_sharding, batch_shards, global_batch, make_mesh
+from headless_jax.train.layout import Layout
 
 PASSAGES = ("documents", "paragraphs")
 
@@ -34,17 +33,17 @@ Scorer = Callable[[dict], tuple[np.ndarray, np.ndarray]]
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The evaluate entry point for kind='lm_eval': scores the run in config.pretrained, writes results.json."""
-    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
-    pretrained = load_pretrained(config.pretrained, mesh, rules, config.pretrained_step, config.tokenizer_model,
+    layout = Layout.from_config(config.mesh)
+    pretrained = load_pretrained(config.pretrained, layout, config.pretrained_step, config.tokenizer_model,
                                  causal=True)
     seq_len = config.seq_len or pretrained.config.data.seq_len
     pretrained.check_seq_len(seq_len)
     p, w = config.perplexity, config.last_word
     if w.sources and w.passages not in PASSAGES:
         raise ValueError(f"last_word.passages={w.passages!r} is not one of {PASSAGES}")
-    scorer = model_scorer(pretrained, mesh, rules, config.vocab_chunk)
+    scorer = model_scorer(pretrained, layout, config.vocab_chunk)
     heldout_fraction = pretrained.config.data.heldout_fraction
-    batch_size = -(-config.batch_size // batch_shards(mesh)) * batch_shards(mesh)
+    batch_size = -(-config.batch_size // layout.batch_shards) * layout.batch_shards
     results = {"pretrained": config.pretrained, "step": pretrained.step, "seq_len": seq_len,
                "scoring": "o·Eᵀ (headless)" if pretrained.config.model.head == "none" else "vocabulary head"}
     if p.sources:
@@ -119,7 +118,7 @@ def score_rows(scorer: Scorer, rows: list[Row], seq_len: int, batch_size: int,
             yield logprob_BxS[i, row.first:row.last], argmax_BxS[i, row.first:row.last]
 
 
-def model_scorer(pretrained: Pretrained, mesh: jax.sharding.Mesh, rules, vocab_chunk: int) -> Scorer:
+def model_scorer(pretrained: Pretrained, layout: Layout, vocab_chunk: int) -> Scorer:
     """The pretrained model as a Scorer: its head's logits, or o·Eᵀ when headless; batches sharded over the mesh,
     each process feeding its own rows of every batch."""
     model, headless = pretrained.model, pretrained.config.model.head == "none"
@@ -137,14 +136,11 @@ def model_scorer(pretrained: Pretrained, mesh: jax.sharding.Mesh, rules, vocab_c
         logprob_N = stats.label_logit_N - stats.logsumexp_N
         return logprob_N.reshape(batch_size, length - 1), stats.argmax_N.reshape(batch_size, length - 1)
 
-    jitted = jax.jit(score, in_shardings=(pretrained.param_shardings, batch_sharding(mesh)))
-    process, processes = jax.process_index(), jax.process_count()
+    jitted = jax.jit(score, in_shardings=(pretrained.param_shardings, layout.batch_sharding))
 
     def scorer(batch: dict) -> tuple[np.ndarray, np.ndarray]:
-        local_rows = len(batch["tokens"]) // processes
-        local = {k: v[process * local_rows:(process + 1) * local_rows] for k, v in batch.items()}
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            outputs = jitted(pretrained.params, global_batch(local, mesh))
+        with layout.active():
+            outputs = jitted(pretrained.params, layout.distribute(batch))
         return tuple(np.asarray(x) for x in multihost_utils.process_allgather(outputs, tiled=True))
 
     return scorer

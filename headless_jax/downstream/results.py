@@ -10,6 +10,8 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
+from headless_jax.downstream.tasks import task_names
+
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 
 
@@ -43,8 +45,6 @@ def write(workdir: epath.PathLike, results: dict) -> None:
 def markdown_table(runs: list[dict]) -> str:
     """Rows: models (runs with the same model name merge); columns: every task present, in the known order,
     then 'Avg.' over the row's tasks. Cells: the task score (seed mean, ×100)."""
-    from headless_jax.downstream.tasks import task_names
-
     rows: dict[str, dict[str, dict]] = {}
     for run in runs:
         rows.setdefault(run["model"], {}).update(run["tasks"])

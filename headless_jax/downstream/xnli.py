@@ -14,7 +14,7 @@ from etils import epath
 from headless_jax.data.errors import DataError, MissingDataError
 from headless_jax.data.sources import decode_text
 from headless_jax.downstream import glue
-from headless_jax.downstream.tasks import Example, TaskData
+from headless_jax.downstream.examples import Example, TaskData
 
 LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
 _LABELS = glue.GLUE_TASKS["mnli"].labels  # same three classes in the same order as MNLI

@@ -1,10 +1,17 @@
-"""The language model: a transformer body returning hidden states, plus an optional vocabulary head."""
+"""The language model: a transformer body returning hidden states, plus an optional vocabulary head.
+
+Outside this package, parameters are reached through the accessors below, never through tree paths.
+"""
 import flax.linen as nn
 import jax
 import ml_collections
 
-from headless_jax.model.heads import ClassificationHead, VocabularyHead, head_logits
+from headless_jax.model.heads import VocabularyHead, head_logits
 from headless_jax.model.transformer import Transformer
+
+BODY, HEAD = "body", "head"  # a model's two parameter subtrees: the transformer, and its (vocabulary or task) head
+DECODER_PATH = (HEAD, "decoder")  # an untied vocabulary head's [V,D] matrix
+_EMBEDDING_PATH = (BODY, "embed", "embedding")
 
 
 class LanguageModel(nn.Module):
@@ -27,7 +34,7 @@ class LanguageModel(nn.Module):
         if self.config.head == "none":
             raise ValueError("this model is headless (model.head='none'): it has no vocabulary head; "
                              "rank tokens with o·Eᵀ, or set --config.model.head=tied|untied")
-        return self.head(h_NxD, self.body.variables["params"]["embed"]["embedding"])
+        return self.head(h_NxD, embedding_matrix({BODY: self.body.variables["params"]}))
 
     def logits(self, h_NxD: jax.Array) -> jax.Array:
         return head_logits(*self.decoder(h_NxD))
@@ -35,7 +42,9 @@ class LanguageModel(nn.Module):
 
 def embedding_matrix(params) -> jax.Array:
     """The word-embedding matrix E [V,D] from a LanguageModel's params (the CWT targets)."""
-    return params["body"]["embed"]["embedding"]
+    for key in _EMBEDDING_PATH:
+        params = params[key]
+    return params
 
 
-__all__ = ["LanguageModel", "ClassificationHead", "embedding_matrix", "head_logits"]
+__all__ = ["BODY", "DECODER_PATH", "HEAD", "LanguageModel", "embedding_matrix", "head_logits"]

@@ -27,11 +27,9 @@ class VocabularyHead(nn.Module):
             features_NxD = make_norm(cfg, "transform_norm")(nn.gelu(features_NxD))
         if cfg.head == "tied":
             weight_VxD = embedding_VxD
-        elif cfg.head == "untied":
+        else:  # untied
             weight_VxD = self.param("decoder", dense_init(cfg.init_std, ("vocab", "embed")),
                                     (cfg.vocab_size, cfg.d_model))
-        else:
-            raise ValueError(f"unknown head {cfg.head!r}: use tied or untied (or none for a headless model)")
         bias_V = None if cfg.causal else self.param("bias", zeros_init(("vocab",)), (cfg.vocab_size,))
         return features_NxD, weight_VxD, bias_V
 
@@ -42,24 +40,3 @@ def head_logits(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Arra
                             preferred_element_type=jnp.float32)
     return logits_NxV if bias_V is None else logits_NxV + bias_V
 
-
-class ClassificationHead(nn.Module):
-    """Sequence classification / regression: pooled hidden state → dropout → linear."""
-    num_outputs: int
-    pooling: str = "cls"  # cls (first token) | mean (over non-padding tokens)
-    dropout_rate: float = 0.1
-    init_std: float = 0.02
-
-    @nn.compact
-    def __call__(self, h_BxLxD: jax.Array, segment_ids_BxL: jax.Array, deterministic: bool = True) -> jax.Array:
-        if self.pooling == "cls":
-            pooled_BxD = h_BxLxD[:, 0]
-        elif self.pooling == "mean":
-            weights_BxL = (segment_ids_BxL != 0).astype(jnp.float32)
-            pooled_BxD = (h_BxLxD * weights_BxL[..., None]).sum(1) / jnp.maximum(weights_BxL.sum(1, keepdims=True), 1)
-        else:
-            raise ValueError(f"unknown pooling {self.pooling!r}; use cls or mean")
-        pooled_BxD = nn.Dropout(self.dropout_rate)(pooled_BxD.astype(jnp.float32), deterministic=deterministic)
-        return nn.Dense(self.num_outputs, name="classifier",
-                        kernel_init=dense_init(self.init_std, ("embed", "classes")),
-                        bias_init=zeros_init(("classes",)))(pooled_BxD)

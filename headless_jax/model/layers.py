@@ -33,10 +33,8 @@ class Norm(nn.Module):
             x = x - x.mean(-1, keepdims=True)
             y = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps) * scale_D
             y = y + self.param("bias", zeros_init(("norm",)), (x.shape[-1],))
-        elif self.kind == "rmsnorm":
+        else:  # rmsnorm
             y = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps) * scale_D
-        else:
-            raise ValueError(f"unknown norm {self.kind!r}; use layernorm or rmsnorm")
         return y.astype(self.dtype)
 
 
@@ -118,11 +116,9 @@ class Mlp(nn.Module):
 
         if cfg.activation == "gelu":
             h_BxLxF = nn.gelu(dense(cfg.mlp_dim, ("embed", "mlp"), "wi")(x_BxLxD))
-        elif cfg.activation == "swiglu":
+        else:  # swiglu
             gate_BxLxF = dense(cfg.mlp_dim, ("embed", "mlp"), "wi_gate")(x_BxLxD)
             h_BxLxF = nn.silu(gate_BxLxF) * dense(cfg.mlp_dim, ("embed", "mlp"), "wi_up")(x_BxLxD)
-        else:
-            raise ValueError(f"unknown activation {cfg.activation!r}; use gelu or swiglu")
         h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "act_mlp"))
         out_BxLxD = dense(cfg.d_model, ("mlp", "embed"), "wo")(h_BxLxF)
         out_BxLxD = nn.Dropout(cfg.dropout_rate)(out_BxLxD, deterministic=deterministic)

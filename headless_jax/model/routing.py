@@ -1,4 +1,4 @@
-"""Learning to Skip (DESIGN §1.4): per-token routed layers.
+"""Learning to Skip: per-token routed layers, their loss terms and statistics (docs/method.md).
 
 A routed layer wraps one *step* of its block (the whole block, its attention or its MLP) — a function
 `step(x, segment_ids, positions) → new x` — and decides per token whether the step runs:
@@ -16,10 +16,11 @@ Both mix the step's output as `w·new + (1−w)·x` with a weight that is *exact
 forward pass, so a layer that executes every token equals the dense layer, and whose gradient reaches the
 router: the Gumbel-softmax probability for `skip`, σ(score) for `topk` (MoD scales the block output by the
 router weight; we keep the forward scale at 1 and take its gradient, w = 1 + σ − stop_gradient(σ)).
-Statistics are sown into the `routing` collection (see `layer_stats`): the objective adds the budget or
-predictor loss and reports each routed layer's executed fraction of real (non-padding) tokens.
+Statistics are sown into the `routing` collection and read back as a `RoutingStats` (`collect_stats`); the
+objective adds `loss_and_metrics`: the budget or predictor loss, and each routed layer's executed fraction of
+real (non-padding) tokens.
 """
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -28,21 +29,16 @@ import optax
 
 from headless_jax.model.layers import dense_init
 
-KINDS = ("none", "skip", "topk")
-SKIPPED = ("block", "attention", "mlp")
+ROUTING_KINDS = ("none", "skip", "topk")
+ROUTED_PARTS = ("block", "attention", "mlp")
 COLLECTION = "routing"
 
 Step = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x [B,L,D], segment_ids, positions) → new x
 
 
-def routing_kind(model_cfg) -> str:
-    """model.routing.kind; 'none' also for configs saved before routing existed."""
-    return model_cfg.routing.kind if "routing" in model_cfg else "none"
-
-
 def routed_layers(model_cfg) -> tuple[int, ...]:
     """The indices of the routed layers (empty without routing); raises ValueError, naming the fix."""
-    if routing_kind(model_cfg) == "none":
+    if model_cfg.routing.kind == "none":
         return ()
     spec, num_layers = str(model_cfg.routing.layers).strip(), model_cfg.num_layers
     fix = 'use "all", "every:N" (N ≥ 1) or comma-separated layer indices such as "1,3"'
@@ -65,37 +61,6 @@ def routed_layers(model_cfg) -> tuple[int, ...]:
         raise ValueError(f"model.routing.layers={spec!r} selects no layer or one outside 0..{num_layers - 1} "
                          f"(model.num_layers={num_layers}); {fix}")
     return layers
-
-
-def check_routing(model_cfg) -> None:
-    """Raises ValueError, naming the key and the fix, for routing settings that cannot work."""
-    kind = routing_kind(model_cfg)
-    if kind not in KINDS:
-        raise ValueError(f"unknown model.routing.kind {kind!r}; use one of {', '.join(KINDS)}")
-    if kind == "none":
-        return
-    r = model_cfg.routing
-    if r.skip not in SKIPPED:
-        raise ValueError(f"unknown model.routing.skip {r.skip!r}; use one of {', '.join(SKIPPED)}")
-    layers = routed_layers(model_cfg)
-    if model_cfg.scan_layers and len(layers) != model_cfg.num_layers:
-        raise ValueError(f"model.scan_layers=True scans one block shape over all layers, but model.routing.layers="
-                         f"{r.layers!r} routes only {len(layers)} of {model_cfg.num_layers}; set "
-                         "--config.model.routing.layers=all or --config.model.scan_layers=False")
-    if kind == "skip":
-        if not 0.0 <= r.target <= 1.0:
-            raise ValueError(f"model.routing.target={r.target} is an executed fraction: choose it in [0, 1]")
-        if r.temperature <= 0:
-            raise ValueError(f"model.routing.temperature={r.temperature} must be > 0")
-        if r.budget_weight < 0:
-            raise ValueError(f"model.routing.budget_weight={r.budget_weight} must be ≥ 0")
-    if kind == "topk":
-        if not 0.0 < r.capacity <= 1.0:
-            raise ValueError(f"model.routing.capacity={r.capacity} must be in (0, 1]: the share of each sequence's "
-                             "tokens a routed layer runs")
-        if model_cfg.causal and r.predictor_dim <= 0:
-            raise ValueError("a causal model with model.routing.kind=topk needs the causal predictor for inference "
-                             "(top-k looks at future tokens): set --config.model.routing.predictor_dim=64 (> 0)")
 
 
 def capacity_tokens(capacity: float, seq_len: int) -> int:
@@ -216,14 +181,52 @@ def route_topk(score_BxL, predictor_BxL, capacity: float, use_predictor: bool, s
     return put_rows(x_BxLxD, idx_BxK, out_BxKxD), stats
 
 
-def layer_stats(routing_vars: dict) -> dict[str, dict[int, jax.Array]]:
-    """{stat name: {layer index: value}} from a LanguageModel's `routing` collection (scanned or not)."""
-    stats: dict[str, dict[int, jax.Array]] = {}
-    body = routing_vars.get("body", {})
-    for name, layer_vars in body.items():
+class RoutingStats(NamedTuple):
+    """What the routed layers of one forward pass report, each by layer index (all empty without routing)."""
+    executed_fraction: dict[int, jax.Array]  # share of real tokens the layer's routed part ran on
+    predictor_loss: dict[int, jax.Array]  # topk, causal: BCE of the causal predictor
+    predictor_accuracy: dict[int, jax.Array]
+
+
+def collect_stats(routing_vars: dict) -> RoutingStats:
+    """The stats a LanguageModel sowed into its `routing` collection (applied with mutable=["routing"])."""
+    stats = {field: {} for field in RoutingStats._fields}
+    for name, layer_vars in routing_vars.get("body", {}).items():
         for stat, (value,) in layer_vars.items():
             if name == "layers":  # nn.scan: one value per layer, stacked (every layer is routed under scan)
-                stats.setdefault(stat, {}).update({i: value[i] for i in range(value.shape[0])})
+                stats[stat].update({i: value[i] for i in range(value.shape[0])})
             else:
-                stats.setdefault(stat, {})[int(name.removeprefix("layer_"))] = value
-    return stats
+                stats[stat][int(name.removeprefix("layer_"))] = value
+    return RoutingStats(**stats)
+
+
+def fraction_metric(layer: int) -> str:
+    return f"routing/executed_fraction/layer_{layer}"
+
+
+def loss_and_metrics(model_cfg, stats: RoutingStats) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The routing terms of the loss and their metrics. skip: λ·Σ_l (r_l − P)² with r_l the executed fraction
+    of routed layer l (soft gradient through the straight-through gates); topk, causal: predictor_weight·Σ_l
+    BCE_l (it trains only the predictor, whose input is stop-gradient)."""
+    fractions = stats.executed_fraction
+    if not fractions:
+        return jnp.float32(0.0), {}
+    routing = model_cfg.routing
+    metrics = {fraction_metric(i): r for i, r in sorted(fractions.items())}
+    metrics["routing/executed_fraction"] = sum(fractions.values()) / len(fractions)
+    loss = jnp.float32(0.0)
+    if routing.kind == "skip":
+        metrics["routing/budget_loss"] = routing.budget_weight * sum(
+            jnp.square(r - routing.target) for r in fractions.values())
+        loss += metrics["routing/budget_loss"]
+    if stats.predictor_loss:
+        metrics["routing/predictor_loss"] = sum(stats.predictor_loss.values())
+        metrics["routing/predictor_accuracy"] = sum(stats.predictor_accuracy.values()) / len(fractions)
+        loss += routing.predictor_weight * metrics["routing/predictor_loss"]
+    return loss, metrics
+
+
+def executed_fractions(model_cfg, metrics: dict[str, float]) -> dict[int, float] | None:
+    """The per-layer executed fractions read back from (averaged) metrics; None if some are missing."""
+    fractions = {layer: metrics.get(fraction_metric(layer)) for layer in routed_layers(model_cfg)}
+    return fractions if fractions and None not in fractions.values() else None

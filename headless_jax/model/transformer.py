@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from headless_jax.model.layers import Attention, Mlp, dense_init, make_norm
-from headless_jax.model.routing import COLLECTION, SkipRouter, TopkRouter, check_routing, route_skip, route_topk, \
-    routed_layers
+from headless_jax.model.routing import COLLECTION, SkipRouter, TopkRouter, route_skip, route_topk, routed_layers
 
 REMAT_POLICIES = {
     "none": None,
@@ -17,7 +16,7 @@ REMAT_POLICIES = {
 class Block(nn.Module):
     """One layer: pre-norm, post-norm (BERT) or parallel-residual (Pythia) wiring of attention and MLP.
 
-    A `routed` block (DESIGN §1.4) lets its router decide per token whether the whole block, its attention or
+    A `routed` block (Learning to Skip) lets its router decide per token whether the whole block, its attention or
     its MLP runs (headless_jax.model.routing); the wiring is written as steps (x, segment_ids, positions) →
     new x so that the router can run a step on a subset of tokens.
     """
@@ -111,12 +110,11 @@ class Transformer(nn.Module):
         x_BxLxD = nn.Dropout(cfg.dropout_rate)(x_BxLxD, deterministic=deterministic)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
 
-        check_routing(cfg)
         routed = routed_layers(cfg)
         block = Block
         if cfg.remat != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:  # one block shape for all layers: routing, if any, covers every layer (check_routing)
+        if cfg.scan_layers:  # one block shape for all layers: routing, if any, covers every layer (validated)
             layers = nn.scan(block, variable_axes={"params": 0, COLLECTION: 0},
                              split_rngs={"params": True, "dropout": True},
                              in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,

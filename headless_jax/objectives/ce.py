@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from headless_jax.model.heads import head_logits
-from headless_jax.objectives.reduce import weighted_mean
+from headless_jax.objectives.reduce import logsumexp_step, weighted_mean
 
 
 class VocabStats(NamedTuple):
@@ -39,11 +39,9 @@ def chunked_stats(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Ar
         max_N, sum_N, label_logit_N, argmax_N = carry
         weight_CxD, bias_C, index_C = vocab_chunk
         logits_NxC = jnp.where(index_C < vocab, head_logits(features_NxD, weight_CxD, bias_C), -jnp.inf)
-        chunk_max_N = logits_NxC.max(-1)
-        new_max_N = jax.lax.stop_gradient(jnp.maximum(max_N, chunk_max_N))  # a stabiliser, not a function of the input
-        sum_N = sum_N * jnp.exp(max_N - new_max_N) + jnp.exp(logits_NxC - new_max_N[:, None]).sum(-1)
+        new_max_N, sum_N = logsumexp_step(max_N, sum_N, logits_NxC)
         label_logit_N += jnp.where(index_C == labels_N[:, None], logits_NxC, 0.0).sum(-1)
-        argmax_N = jnp.where(chunk_max_N > max_N, index_C[jnp.argmax(logits_NxC, -1)], argmax_N)
+        argmax_N = jnp.where(logits_NxC.max(-1) > max_N, index_C[jnp.argmax(logits_NxC, -1)], argmax_N)
         return (new_max_N, sum_N, label_logit_N, argmax_N), None
 
     num_rows = features_NxD.shape[0]

@@ -1,4 +1,4 @@
-"""Contrastive Weight Tying (DESIGN §1): the loss of a headless language model.
+"""Contrastive Weight Tying: the loss of a headless language model (docs/method.md).
 
 For one negative group of K predicted positions with outputs O [K,D] and targets T = E[targets] [K,D]:
 

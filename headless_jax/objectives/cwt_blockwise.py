@@ -12,6 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from headless_jax.objectives.reduce import logsumexp_step
+
 
 def _column_blocks(t_GxKxD: jax.Array, valid_GxK: jax.Array, block: int):
     """Columns cut into N blocks of C = block (the tail padded as invalid): t [N,G,C,D], valid [N,G,C], index [N,C]."""
@@ -42,10 +44,8 @@ def _forward(o_GxKxD, t_GxKxD, valid_GxK, temperature, block):
     def accumulate(carry, column_block):
         max_GxK, sum_GxK, positive_GxK = carry
         logits_GxKxC = _block_logits(o_GxKxD, *column_block, temperature)
-        new_max_GxK = jnp.maximum(max_GxK, logits_GxKxC.max(-1))
-        # Until a row meets its first kept column its max is -inf: shift by 0 then (everything is exp(-inf) = 0).
-        shift_GxK = jnp.where(jnp.isfinite(new_max_GxK), new_max_GxK, 0.0)
-        sum_GxK = sum_GxK * jnp.exp(max_GxK - shift_GxK) + jnp.exp(logits_GxKxC - shift_GxK[..., None]).sum(-1)
+        # Until a row meets its first kept column its max is -inf (logsumexp_step shifts it by 0 then).
+        new_max_GxK, sum_GxK = logsumexp_step(max_GxK, sum_GxK, logits_GxKxC)
         # The positive is read off the same block logits as the normaliser, so that a dominant positive
         # cancels exactly (softmax probability 1, zero gradient) as in the dense form.
         positive_GxK += jnp.where(_diagonal(o_GxKxD, column_block[2]), logits_GxKxC, 0.0).sum(-1)

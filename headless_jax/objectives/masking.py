@@ -1,4 +1,4 @@
-"""MLM masking (DESIGN §1.1), shared by the CWT and CE objectives.
+"""MLM masking, shared by the CWT and CE objectives (docs/method.md).
 
 Exactly k = round(rate·L) positions are selected per sequence, so the number of predictions is static
 under `jit`: top-k of uniform noise over the eligible positions (not special tokens; padding is the pad

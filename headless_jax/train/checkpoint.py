@@ -27,10 +27,13 @@ def orbax_directory(directory: str) -> epath.Path:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int, permanent_every: int = 0):
+    """A run's checkpoints; `read_only` (downstream jobs, init_from) never creates, moves or deletes anything."""
+
+    def __init__(self, directory: str, keep: int = 1, permanent_every: int = 0, read_only: bool = False):
         self.directory = orbax_directory(directory)
         self._options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, keep_period=permanent_every or None, enable_async_checkpointing=True, create=True)
+            max_to_keep=keep, keep_period=permanent_every or None, enable_async_checkpointing=not read_only,
+            create=not read_only, read_only=read_only)
         self._open()
 
     def _open(self):
@@ -39,6 +42,9 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: dict, data_iterator, config: dict, force: bool = False) -> bool:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -80,6 +86,11 @@ class Checkpointer:
 
     def restored_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def restore_state(self, step: int, abstract_state: dict) -> dict:
+        """The train state of checkpoint `step` alone (no data iterator), on `abstract_state`'s shardings."""
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
+            "state"]
 
     def _set_aside(self, step: int, error: Exception):
         target = self.directory / "unreadable" / str(step)

@@ -8,7 +8,7 @@ forward = tokens · Σ_layers [2·N_layer + attention] + predictions · head, wh
   is the negative-group size in predicted tokens (the [K,K] logits are the whole "head").
 Embedding lookups, norms, softmax and the optimiser are not counted (standard MFU convention).
 
-Routed layers (model.routing, DESIGN §1.4) count what they execute. A `topk` layer runs its routed part
+Routed layers (model.routing) count what they execute. A `topk` layer runs its routed part
 (block, attention or MLP) on k = round(c·L) of L tokens: its matmuls scale by r = k/L and, when attention
 is routed, its scores by r² (k queries × k keys). A `skip` layer computes densely in training (r = 1); at
 inference its skipped tokens still give keys/values, so only queries, outputs, scores and MLP scale by r.
@@ -21,7 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from headless_jax.model.routing import capacity_tokens, routed_layers, routing_kind
+from headless_jax.model.routing import capacity_tokens, executed_fractions, routed_layers
 from headless_jax.objectives.masking import num_masked
 
 # bf16 dense peak FLOP/s per device (chip), from vendor data sheets.
@@ -62,13 +62,13 @@ def train_fractions(config) -> dict[int, float]:
     """Routed layer → share of tokens its routed part runs on in training: topk k/L; skip 1 (computed densely)."""
     seq_len = config.data.seq_len
     fraction = (capacity_tokens(config.model.routing.capacity, seq_len) / seq_len
-                if routing_kind(config.model) == "topk" else 1.0)
+                if config.model.routing.kind == "topk" else 1.0)
     return {layer: fraction for layer in routed_layers(config.model)}
 
 
 def body_flops_per_token(config, fractions: dict[int, float]) -> tuple[float, float]:
     """(matmul, attention-score) forward FLOPs per token over all layers, routed layers at `fractions`."""
-    m, kind = config.model, routing_kind(config.model)
+    m, kind = config.model, config.model.routing.kind
     parts = [layer_forward_flops_per_token(m, config.data.seq_len, kind if i in fractions else "none",
                                            fractions.get(i, 1.0)) for i in range(m.num_layers)]
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
@@ -77,10 +77,8 @@ def body_flops_per_token(config, fractions: dict[int, float]) -> tuple[float, fl
 def routing_flops_metrics(config, metrics: dict[str, float]) -> dict[str, float]:
     """Effective body FLOPs per token at the executed fractions measured in `metrics`, and the saving
     against the dense model; {} without routing."""
-    fractions = {}
-    for layer in routed_layers(config.model):
-        fractions[layer] = metrics.get(f"routing/executed_fraction/layer_{layer}")
-    if not fractions or any(f is None for f in fractions.values()):
+    fractions = executed_fractions(config.model, metrics)
+    if fractions is None:
         return {}
     effective = sum(body_flops_per_token(config, fractions))
     dense = sum(body_flops_per_token(config, {}))

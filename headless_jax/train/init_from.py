@@ -1,21 +1,17 @@
 """`train.init_from`: start a run from another run's parameters, e.g. the LM-head phase of a headless decoder.
 
-The other run's latest parameters are restored onto this run's mesh. A vocabulary head it lacks starts as an
-exact copy of its input embedding matrix E (the paper's untied, bias-free head initialised from E); other head
-parameters it lacks (an MLM transform, a bias) keep this run's fresh initialisation. The optimiser state is
-always fresh. The init run's tokenizer is this run's tokenizer.
+The other run's latest parameters are restored onto this run's mesh (headless_jax.experiment). A vocabulary
+head it lacks starts as an exact copy of its input embedding matrix E (the paper's untied, bias-free head
+initialised from E); other head parameters it lacks (an MLM transform, a bias) keep this run's fresh
+initialisation. The optimiser state is always fresh. The init run's tokenizer is this run's tokenizer.
 """
-import jax
 import jax.numpy as jnp
 import ml_collections
 from etils import epath
 from flax import traverse_util
 
 from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE
-from headless_jax.downstream.pretrained import PretrainedError, load_pretrained
-from headless_jax.model import embedding_matrix
-
-HEAD_DECODER = ("head", "decoder")
+from headless_jax.model import DECODER_PATH, HEAD, embedding_matrix
 
 
 class InitFromError(ValueError):
@@ -28,38 +24,34 @@ def resolve_tokenizer(config: ml_collections.ConfigDict) -> None:
         config.data.tokenizer_model = str(epath.Path(config.train.init_from) / RUN_TOKENIZER_FILE)
 
 
-def init_params(config: ml_collections.ConfigDict, params: dict, param_shardings: dict, mesh, rules) -> dict:
-    """This run's starting parameters from the run in `config.train.init_from`, laid out as `param_shardings`.
+def start_params(config: ml_collections.ConfigDict, fresh: dict, source_config: ml_collections.ConfigDict,
+                 source: dict) -> dict:
+    """This run's starting parameters: `source` (the init run's, of config `source_config`) where it has them.
 
-    params: this run's freshly initialised parameters (their structure is the one required; head parameters
+    fresh: this run's freshly initialised parameters (their structure is the one required; head parameters
     the init run lacks are taken from here, except the decoder, which becomes a copy of E).
     """
-    workdir = config.train.init_from
-    try:
-        source = load_pretrained(workdir, mesh, rules, tokenizer_model=config.data.tokenizer_model,
-                                 causal=config.model.causal)
-    except PretrainedError as error:
-        raise InitFromError(f"train.init_from: {error}") from None
-    wanted, loaded = traverse_util.flatten_dict(params), traverse_util.flatten_dict(source.params)
+    wanted, loaded = traverse_util.flatten_dict(fresh), traverse_util.flatten_dict(source)
     unexpected = sorted(loaded.keys() - wanted.keys())
-    absent = sorted(key for key in wanted.keys() - loaded.keys() if key[0] != "head")
+    absent = sorted(key for key in wanted.keys() - loaded.keys() if key[0] != HEAD)
     reshaped = sorted(key for key in wanted.keys() & loaded.keys() if wanted[key].shape != loaded[key].shape)
     if unexpected or absent or reshaped:
         problems = [f"{'/'.join(key)} {what}" for keys, what in
                     ((reshaped, "has another shape"), (absent, "is missing"), (unexpected, "is not in this model"))
                     for key in keys[:3]]
-        raise InitFromError(f"train.init_from={workdir}: its parameters do not fit this model ({'; '.join(problems)}). "
-                            f"The models differ in {_model_differences(source.config.model, config.model)}; set "
-                            "these --config.model.* values to the init run's")
+        raise InitFromError(f"train.init_from={config.train.init_from}: its parameters do not fit this model "
+                            f"({'; '.join(problems)}). The models differ in "
+                            f"{_model_differences(source_config.model, config.model)}; set these --config.model.* "
+                            "values to the init run's")
     start = {}
     for key, value in wanted.items():
         if key in loaded:
             start[key] = loaded[key]
-        elif key == HEAD_DECODER:  # a new buffer: the head is trained separately from E from here on
-            start[key] = jnp.array(embedding_matrix(source.params), copy=True)
+        elif key == DECODER_PATH:  # a new buffer: the head is trained separately from E from here on
+            start[key] = jnp.array(embedding_matrix(source), copy=True)
         else:
             start[key] = value
-    return jax.device_put(traverse_util.unflatten_dict(start), param_shardings)
+    return traverse_util.unflatten_dict(start)
 
 
 def _model_differences(init: ml_collections.ConfigDict, this: ml_collections.ConfigDict) -> str:

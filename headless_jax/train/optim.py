@@ -2,6 +2,8 @@
 import jax
 import optax
 
+from headless_jax.model import HEAD
+
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 
 
@@ -42,29 +44,28 @@ def weight_decay_mask(params, decay_embeddings: bool):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
+def make_optimizer(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(AdamW with global-norm clipping, its learning-rate schedule): one schedule serves both."""
     schedule = learning_rate_schedule(opt_cfg, num_steps)
-    return optax.chain(
+    optimizer = optax.chain(
         optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity(),
         optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay,
                     mask=lambda p: weight_decay_mask(p, opt_cfg.decay_embeddings)),
     )
+    return optimizer, schedule
 
 
-def train_optimizer(config) -> optax.GradientTransformation:
-    """The optimiser of an experiment config: AdamW on every parameter (train.trainable='all'), or on the
-    vocabulary head alone ('head', a probe). Frozen parameters get zero updates — not even weight decay."""
-    optimizer = make_optimizer(config.optim, config.train.num_steps)
-    trainable = config.train.get("trainable", "all")  # runs saved before the key existed train everything
-    if trainable == "all":
-        return optimizer  # no wrapper: the optimiser state keeps the layout of runs that train everything
-    if trainable != "head":
-        raise ValueError(f"train.trainable={trainable!r} is not one of ('all', 'head')")
-    return head_only(optimizer)
+def train_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimiser and schedule of an experiment config: AdamW on every parameter (train.trainable='all'), or
+    on the head alone ('head', a probe). Frozen parameters get zero updates — not even weight decay."""
+    optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
+    if config.train.trainable == "head":
+        optimizer = head_only(optimizer)
+    return optimizer, schedule
 
 
 def head_only(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`optimizer` on params['head'] alone; every other parameter gets a zero update (a probe of the body)."""
+    """`optimizer` on the model's head alone; every body parameter gets a zero update (a probe of the body)."""
     # Zeroing the frozen gradients first keeps them out of the clipping norm and the moments; zeroing the frozen
     # updates last removes weight decay. Both are stateless (optax.multi_transform's masked moments hold
     # MaskedNode leaves, which the sharded state layout cannot carry).
@@ -73,5 +74,5 @@ def head_only(optimizer: optax.GradientTransformation) -> optax.GradientTransfor
 
 
 def body_mask(params) -> dict:
-    """True for every parameter outside params["head"] (the vocabulary or classification head)."""
-    return {name: jax.tree.map(lambda _, name=name: name != "head", subtree) for name, subtree in params.items()}
+    """True for every parameter outside the head (the vocabulary or classification head)."""
+    return {name: jax.tree.map(lambda _, name=name: name != HEAD, subtree) for name, subtree in params.items()}

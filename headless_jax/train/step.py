@@ -5,8 +5,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from headless_jax.train.sharding import batch_sharding
+from headless_jax.train.layout import Layout
 
+TrainState = dict  # {'params', 'opt_state', 'step', 'rng'}: a plain pytree Orbax saves as is
 Objective = Callable  # (params, batch, rng, deterministic) -> (loss, metrics)
 
 
@@ -22,7 +23,7 @@ def split_microbatches(batch: dict, microbatches: int) -> dict:
 
 
 def build_train_step(objective: Objective, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                     state_shardings, mesh, microbatches: int = 1) -> Callable:
+                     state_shardings: TrainState, layout: Layout, microbatches: int = 1) -> Callable:
     """Returns `step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donated state.
 
     The loss is the mean over microbatches of each microbatch's loss. A non-finite loss or gradient norm
@@ -46,7 +47,7 @@ def build_train_step(objective: Objective, optimizer: optax.GradientTransformati
             grad_sum, metrics_M = jax.lax.scan(
                 accumulate, zeros, (jnp.arange(microbatches), split_microbatches(batch, microbatches)))
             grads = jax.tree.map(lambda g: g / microbatches, grad_sum)
-            metrics = {k: v.sum() if k == "num_tokens" else v.mean() for k, v in metrics_M.items()}
+            metrics = {k: v.sum() if k == "num_predictions" else v.mean() for k, v in metrics_M.items()}
 
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -60,15 +61,15 @@ def build_train_step(objective: Objective, optimizer: optax.GradientTransformati
                        learning_rate=schedule(state["step"]))
         return kept, metrics
 
-    return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)),
+    return jax.jit(step, in_shardings=(state_shardings, layout.batch_sharding),
                    out_shardings=(state_shardings, None), donate_argnums=0)
 
 
-def build_eval_step(objective: Objective, state_shardings, mesh, seed: int) -> Callable:
+def build_eval_step(objective: Objective, state_shardings: TrainState, layout: Layout, seed: int) -> Callable:
     """Returns `eval_step(params, batch) -> metrics` with a fixed RNG, so evaluations are comparable."""
     rng = jax.random.PRNGKey(seed)
 
     def eval_step(params, batch):
         return objective(params, batch, rng, True)[1]
 
-    return jax.jit(eval_step, in_shardings=(state_shardings["params"], batch_sharding(mesh)))
+    return jax.jit(eval_step, in_shardings=(state_shardings["params"], layout.batch_sharding))

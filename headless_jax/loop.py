@@ -4,7 +4,6 @@ import logging
 import signal
 import time
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -13,17 +12,11 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from headless_jax import data as data_lib
-from headless_jax import objectives
-from headless_jax.model import LanguageModel
+from headless_jax.experiment import Experiment, build_experiment
 from headless_jax.train import flops as flops_lib
 from headless_jax.train.checkpoint import Checkpointer
+from headless_jax.train.init_from import resolve_tokenizer
 from headless_jax.train.metrics import MetricsWriter
-from headless_jax.train.init_from import init_params, resolve_tokenizer
-from headless_jax.train.optim import learning_rate_schedule, train_optimizer
-from headless_jax.train.sharding import axis_rules, global_batch, make_mesh
-from headless_jax.train.state import abstract_state, count_params, create_state
-from headless_jax.train.step import build_eval_step, build_train_step
-from headless_jax.validate import validate_config
 
 
 class NonFiniteError(FloatingPointError):
@@ -51,11 +44,11 @@ class Preemption:
 
 
 def mean_metrics(metrics_list: list[dict]) -> dict[str, float]:
-    """Token-weighted means over steps or batches (num_tokens itself is summed)."""
+    """Means over steps or batches weighted by their predictions (num_predictions itself is summed)."""
     stacked = {k: np.array([float(m[k]) for m in metrics_list]) for k in metrics_list[0]}
-    weights = stacked.get("num_tokens", np.ones(len(metrics_list)))
+    weights = stacked.get("num_predictions", np.ones(len(metrics_list)))
     weights = weights / max(weights.sum(), 1e-9)
-    return {k: float(v.sum() if k == "num_tokens" else (v * weights).sum()) for k, v in stacked.items()}
+    return {k: float(v.sum() if k == "num_predictions" else (v * weights).sum()) for k, v in stacked.items()}
 
 
 def evaluate(eval_step, params, eval_batches: list[dict]) -> dict[str, float]:
@@ -71,7 +64,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the configured run in `workdir`; returns the final held-out metrics."""
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    validate_config(config, jax.device_count(), jax.process_count())
+    experiment = build_experiment(config)  # validates the whole config first
     resolve_tokenizer(config)
     save_config(config, workdir)
     t = config.train
@@ -84,40 +77,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         checkpointer.close()
         return {}
 
-    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
     tokenizer, train_iterator, eval_local_batches = data_lib.build_data(config, str(workdir))
     if jax.process_index() == 0:
         tokenizer.save_to_run(workdir)
-    model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
-    special = objectives.SpecialTokens(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids))
-    objective = objectives.build_objective(config, model, special)
-    schedule = learning_rate_schedule(config.optim, t.num_steps)
-    optimizer = train_optimizer(config)
-
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        abstract, shardings = abstract_state(model, optimizer, config.data.seq_len, mesh, rules)
-        restored = checkpointer.restore_latest(abstract, train_iterator)
+    layout = experiment.layout
+    with layout.active():
+        restored = checkpointer.restore_latest(experiment.abstract_state, train_iterator)
         if restored:
             state, start = restored
             print(f"Resumed from the checkpoint at step {start} in {workdir}")
         else:
-            state, _ = create_state(model, optimizer, config.data.seq_len, config.seed, mesh, rules)
-            start = 0
+            state, start = experiment.init_state(), 0
             if t.init_from:
-                state["params"] = init_params(config, state["params"], shardings["params"], mesh, rules)
                 print(f"Initialised from the parameters of {t.init_from}")
-        train_step = build_train_step(objective, optimizer, schedule, shardings, mesh, t.microbatches)
-        eval_step = build_eval_step(objective, shardings, mesh, config.seed)
-        eval_batches = [global_batch(b, mesh) for b in eval_local_batches]
-        results = _run(config, workdir, mesh, state, start, train_iterator, train_step, eval_step, eval_batches,
-                       checkpointer, count_params(state["params"]))
+        eval_batches = [layout.global_batch(b) for b in eval_local_batches]
+        results = _run(config, workdir, experiment, state, start, train_iterator, eval_batches, checkpointer)
     checkpointer.close()
     return results
 
 
-def _run(config, workdir, mesh, state, start, train_iterator, train_step, eval_step, eval_batches, checkpointer,
-         num_params) -> dict[str, float]:
-    t = config.train
+def _run(config, workdir, experiment: Experiment, state, start, train_iterator, eval_batches,
+         checkpointer) -> dict[str, float]:
+    t, layout = config.train, experiment.layout
+    train_step, eval_step = experiment.train_step, experiment.eval_step
+    num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     writer = MetricsWriter(str(workdir))
     flops_per_step = flops_lib.train_flops_per_step(config)["total"]
     peak, peak_source = flops_lib.peak_flops_per_device(t.peak_flops_per_device)
@@ -158,7 +141,7 @@ def _run(config, workdir, mesh, state, start, train_iterator, train_step, eval_s
 
     try:
         for step in range(start, t.num_steps):
-            state, metrics = train_step(state, global_batch(next(train_iterator), mesh))
+            state, metrics = train_step(state, layout.global_batch(next(train_iterator)))
             report_due = pending and (step % t.log_every == 0)
             if report_due:
                 report(step)  # the steps before this one, while this one runs

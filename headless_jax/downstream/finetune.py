@@ -12,14 +12,16 @@ import tqdm
 from etils import epath
 
 from headless_jax.downstream import metrics, results
-from headless_jax.downstream.classifier import Classifier, build_init, build_predict, class_weights, make_objective
+from headless_jax.downstream.classifier import (Classifier, build_predict, class_weights, make_objective,
+                                                pretrained_start)
 from headless_jax.downstream.encode import encode
+from headless_jax.downstream.examples import TaskData
 from headless_jax.downstream.glue import GLUE_TASKS
-from headless_jax.downstream.pretrained import Pretrained, load_pretrained
-from headless_jax.downstream.tasks import TaskData, load_task, task_names
-from headless_jax.train.optim import head_only, learning_rate_schedule, make_optimizer
-from headless_jax.train.sharding import axis_rules, batch_shards, global_batch, make_mesh
-from headless_jax.train.step import build_train_step
+from headless_jax.downstream.tasks import load_task, task_names
+from headless_jax.experiment import Experiment, Pretrained, load_pretrained
+from headless_jax.model import BODY
+from headless_jax.train.layout import Layout
+from headless_jax.train.optim import head_only, make_optimizer
 
 
 def parse_tasks(spec: str) -> tuple[str, ...]:
@@ -36,30 +38,30 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     names = parse_tasks(config.tasks)
-    mesh, rules = make_mesh(config.mesh), axis_rules(config.mesh)
-    pretrained = load_pretrained(config.pretrained, mesh, rules, config.pretrained_step, config.tokenizer_model,
+    layout = Layout.from_config(config.mesh)
+    pretrained = load_pretrained(config.pretrained, layout, config.pretrained_step, config.tokenizer_model,
                                  causal=False)
-    _check_shapes(config, pretrained, mesh)
+    _check_shapes(config, pretrained, layout)
     report = {"model": config.name or epath.Path(config.pretrained).name, "pretrained": config.pretrained,
               "pretrained_step": pretrained.step, "config": config.to_dict(), "tasks": {}}
     for name in names:
         task = load_task(name, config, pretrained.config.data.heldout_fraction)
-        report["tasks"][name] = finetune_task(task, pretrained, config, mesh, rules)
+        report["tasks"][name] = finetune_task(task, pretrained, config, layout)
         if jax.process_index() == 0:
             results.write(workdir, report)
     return {"model": report["model"], **{name: task["score"] for name, task in report["tasks"].items()}}
 
 
-def _check_shapes(config, pretrained: Pretrained, mesh) -> None:
+def _check_shapes(config, pretrained: Pretrained, layout: Layout) -> None:
     pretrained.check_seq_len(config.seq_len)
-    shards = batch_shards(mesh)
+    shards = layout.batch_shards
     for key in ("batch_size", "eval_batch_size"):
         if config[key] % shards:
             raise ValueError(f"{key}={config[key]} must be a multiple of the mesh's {shards} batch shards "
                              "(data × fsdp)")
 
 
-def finetune_task(task: TaskData, pretrained: Pretrained, config, mesh, rules) -> dict:
+def finetune_task(task: TaskData, pretrained: Pretrained, config, layout: Layout) -> dict:
     """Fine-tunes once per seed; returns the task's summary (seed means, per-seed values, table score)."""
     train_examples = task.train[:config.max_train_examples] if config.max_train_examples else task.train
     train = encode(pretrained.tokenizer, train_examples, config.seq_len)
@@ -68,14 +70,14 @@ def finetune_task(task: TaskData, pretrained: Pretrained, config, mesh, rules) -
         raise ValueError(f"task {task.name}: {len(train['labels'])} training examples, fewer than "
                          f"batch_size={config.batch_size}; lower --config.batch_size")
     seeds = [config.seed + i for i in range(config.num_seeds)]
-    per_seed = finetune(task, pretrained, config, train, evals, seeds, mesh, rules)
+    per_seed = finetune(task, pretrained, config, train, evals, seeds, layout)
     return {"title": task.title, "metrics": list(task.metrics), "seeds": seeds, "num_train": len(train["labels"]),
             "num_eval": {split: len(e["labels"]) for split, e in evals.items()},
             **results.summarize(per_seed, task.score_splits)}
 
 
-def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals: dict, seeds: list[int], mesh,
-             rules) -> list[dict[str, dict[str, float]]]:
+def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals: dict, seeds: list[int],
+             layout: Layout) -> list[dict[str, dict[str, float]]]:
     """Fine-tunes once per seed (the steps compiled once for all); per seed, {eval split: {metric: value}} after
     the last epoch."""
     model_cfg = ml_collections.ConfigDict(pretrained.config.model)
@@ -86,14 +88,14 @@ def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals:
     num_steps = config.epochs * steps_per_epoch
     optimizer, schedule = finetune_optimizer(config, num_steps)
     weights_C = class_weights(train["labels"], task.num_classes) if config.class_balanced and task.num_classes else None
-    with jax.set_mesh(mesh):
-        init, shardings = build_init(classifier, optimizer, config.seq_len, mesh, rules)
-        train_step = build_train_step(make_objective(classifier, task.num_classes, weights_C), optimizer, schedule,
-                                      shardings, mesh)
-        predict = build_predict(classifier, shardings["params"], mesh)
+    experiment = Experiment(layout, classifier, make_objective(classifier, task.num_classes, weights_C), optimizer,
+                            schedule, config.seq_len)
+    with layout.active():
+        init = experiment.state_fn(pretrained_start(classifier, config.seq_len))
+        predict = build_predict(classifier, experiment.state_shardings["params"], layout)
         per_seed = []
         for seed in seeds:
-            state = init(pretrained.params["body"], seed)
+            state = init(pretrained.params[BODY], jax.random.PRNGKey(seed))
             order_rng = np.random.default_rng(seed)
             bar = tqdm.tqdm(total=num_steps, desc=f"{task.name} seed {seed}", disable=jax.process_index() != 0,
                             dynamic_ncols=True)
@@ -101,11 +103,11 @@ def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals:
                 order = order_rng.permutation(len(train["labels"]))
                 for step in range(steps_per_epoch):
                     rows = order[step * config.batch_size:(step + 1) * config.batch_size]
-                    state, step_metrics = train_step(state, global_batch(_process_rows(_take(train, rows)), mesh))
+                    state, step_metrics = experiment.train_step(state, layout.distribute(_take(train, rows)))
                     bar.update()
                 bar.set_postfix(loss=f"{float(step_metrics['loss']):.4f}")
             bar.close()
-            per_seed.append({split: evaluate(predict, state["params"], data, task, config.eval_batch_size, mesh)
+            per_seed.append({split: evaluate(predict, state["params"], data, task, config.eval_batch_size, layout)
                              for split, data in evals.items()})
         return per_seed
 
@@ -115,20 +117,18 @@ def finetune_optimizer(config, num_steps: int) -> tuple[optax.GradientTransforma
     linear probe: only the head learns, the body gets no update and no weight decay."""
     warmup_steps = int(config.warmup_fraction * num_steps)
     opt_cfg = ml_collections.ConfigDict(dict(config.optim.to_dict(), warmup_steps=warmup_steps))
-    optimizer = make_optimizer(opt_cfg, num_steps)
-    if config.freeze_body:
-        optimizer = head_only(optimizer)
-    return optimizer, learning_rate_schedule(opt_cfg, num_steps)
+    optimizer, schedule = make_optimizer(opt_cfg, num_steps)
+    return (head_only(optimizer) if config.freeze_body else optimizer), schedule
 
 
-def evaluate(predict, params, data: dict, task: TaskData, batch_size: int, mesh) -> dict[str, float]:
+def evaluate(predict, params, data: dict, task: TaskData, batch_size: int, layout: Layout) -> dict[str, float]:
     """The task's metrics over all of `data` (the last batch is padded, its padding rows dropped)."""
     n = len(data["labels"])
     outputs = []
     for start in range(0, n, batch_size):
         rows = np.arange(start, start + batch_size) % n  # padding repeats rows; they are cut below
         batch = _take({k: v for k, v in data.items() if k != "labels"}, rows)
-        outputs.append(np.asarray(predict(params, global_batch(_process_rows(batch), mesh))))
+        outputs.append(np.asarray(predict(params, layout.distribute(batch))))
     out_NxC = np.concatenate(outputs)[:n]
     predictions = out_NxC[:, 0] if task.num_classes == 0 else out_NxC.argmax(-1)
     return metrics.compute(task.metrics, predictions, data["labels"])
@@ -137,8 +137,3 @@ def evaluate(predict, params, data: dict, task: TaskData, batch_size: int, mesh)
 def _take(arrays: dict, rows: np.ndarray) -> dict:
     return {k: v[rows] for k, v in arrays.items()}
 
-
-def _process_rows(batch: dict) -> dict:
-    """This process's contiguous share of a global batch (meshes order devices, hence batch shards, by process)."""
-    count, index = jax.process_count(), jax.process_index()
-    return {k: np.split(v, count)[index] for k, v in batch.items()}

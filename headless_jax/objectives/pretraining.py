@@ -9,16 +9,12 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from headless_jax.model import embedding_matrix
-from headless_jax.model.routing import COLLECTION
+from headless_jax.model import embedding_matrix, routing
 from headless_jax.objectives.ce import VocabStats, cross_entropy, logits_stats, vocab_stats
 from headless_jax.objectives.cwt import cwt_loss
 from headless_jax.objectives.masking import SpecialTokens, mask_tokens
 from headless_jax.objectives.reduce import weighted_mean
-from headless_jax.objectives.routing import routing_terms
 
-TASKS = ("mlm", "clm")
-LOSSES = ("cwt", "ce", "cwt+ce")
 ACCURACY_VOCAB_CHUNK = 4096  # headless accuracy: vocabulary rows scored at a time
 
 # (params, batch, rng, deterministic) -> (loss, metrics)
@@ -32,24 +28,6 @@ def next_token_targets(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array) -> tup
     return targets_BxS, valid_BxS
 
 
-def check_config(config) -> None:
-    """Raises ValueError, naming the fix, for objective settings that cannot work together."""
-    obj, model = config.objective, config.model
-    if obj.task not in TASKS:
-        raise ValueError(f"unknown objective.task {obj.task!r}; use one of {', '.join(TASKS)}")
-    if obj.loss not in LOSSES:
-        raise ValueError(f"unknown objective.loss {obj.loss!r}; use one of {', '.join(LOSSES)}")
-    if obj.task == "clm" and not model.causal:
-        raise ValueError("objective.task=clm needs a causal model: set --config.model.causal=True")
-    if obj.task == "mlm" and model.causal:
-        raise ValueError("objective.task=mlm needs a bidirectional encoder: set --config.model.causal=False")
-    if "ce" in obj.loss.split("+") and model.head == "none":
-        raise ValueError(f"objective.loss={obj.loss} needs a vocabulary head: set --config.model.head=tied|untied")
-    if obj.ce_all_positions and (obj.task != "mlm" or obj.loss == "cwt" or obj.ce_vocab_chunk > 0):
-        raise ValueError("objective.ce_all_positions reproduces the reference MLM cost with dense logits: it "
-                         "needs task=mlm, a ce loss and ce_vocab_chunk=0")
-
-
 class Predictions(NamedTuple):
     """What every loss sees: hidden states at the S predicted positions of each sequence, and their targets."""
     hidden_BxLxD: jax.Array  # all positions (for ce_all_positions)
@@ -57,7 +35,7 @@ class Predictions(NamedTuple):
     targets_BxS: jax.Array  # always the original tokens
     valid_BxS: jax.Array  # bool, used as CWT rows and columns and as CE weights
     positions_BxS: jax.Array | None  # MLM: which rows of hidden_BxLxD o comes from
-    routing: dict  # the model's `routing` collection (empty without routed layers)
+    routing_stats: routing.RoutingStats  # what the routed layers report (empty without routing)
 
 
 def predictions(config, model, special: SpecialTokens, params, batch: dict, rng: jax.Array,
@@ -66,18 +44,19 @@ def predictions(config, model, special: SpecialTokens, params, batch: dict, rng:
 
     def hidden(tokens_BxL):
         h_BxLxD, state = model.apply({"params": params}, tokens_BxL, batch["segment_ids"], batch["positions"],
-                                     deterministic=deterministic, rngs={"dropout": dropout_rng}, mutable=[COLLECTION])
-        return h_BxLxD, state.get(COLLECTION, {})
+                                     deterministic=deterministic, rngs={"dropout": dropout_rng},
+                                     mutable=[routing.COLLECTION])
+        return h_BxLxD, routing.collect_stats(state.get(routing.COLLECTION, {}))
 
     if config.objective.task == "mlm":
         masked = mask_tokens(batch["tokens"], mask_rng, config.objective.mask_rate, special, config.model.vocab_size)
-        h_BxLxD, routing = hidden(masked.tokens_BxL)
+        h_BxLxD, stats = hidden(masked.tokens_BxL)
         # Gather first: the losses (and the head, unless ce_all_positions) only see the k selected positions.
         o_BxSxD = jnp.take_along_axis(h_BxLxD, masked.positions_BxK[..., None], axis=1)
-        return Predictions(h_BxLxD, o_BxSxD, masked.targets_BxK, masked.valid_BxK, masked.positions_BxK, routing)
-    h_BxLxD, routing = hidden(batch["tokens"])
+        return Predictions(h_BxLxD, o_BxSxD, masked.targets_BxK, masked.valid_BxK, masked.positions_BxK, stats)
+    h_BxLxD, stats = hidden(batch["tokens"])
     return Predictions(h_BxLxD, h_BxLxD[:, :-1], *next_token_targets(batch["tokens"], batch["segment_ids"]), None,
-                       routing)
+                       stats)
 
 
 def head_stats(config, model, params, pred: Predictions) -> VocabStats:
@@ -107,13 +86,12 @@ def build_objective(config, model, special: SpecialTokens) -> ObjectiveFn:
 
     batch: int32 [B,L] arrays `tokens`, `segment_ids` (0 = padding) and `positions`. params: the unboxed
     `variables['params']` of the model; deterministic=True (evaluation) turns dropout off. Metrics: loss,
-    cwt_loss / ce_loss, num_tokens (predictions counted) and accuracy, the argmax over the whole vocabulary:
+    cwt_loss / ce_loss, num_predictions (valid predicted positions) and accuracy, the argmax over the whole vocabulary:
     of the head logits, or for a headless model of o·Eᵀ (in training steps only with
     objective.headless_train_accuracy: it costs the vocabulary matmul a headless model otherwise avoids).
-    Routed models (model.routing) add their budget / predictor loss and `routing/...` metrics
-    (headless_jax.objectives.routing).
+    Routed models (model.routing) add their budget / predictor loss and `routing/...` metrics.
+    The config is assumed valid (headless_jax.validate).
     """
-    check_config(config)
     obj = config.objective
     terms = obj.loss.split("+")
 
@@ -135,11 +113,11 @@ def build_objective(config, model, special: SpecialTokens) -> ObjectiveFn:
             stats = embedding_stats(params, pred)
         if stats is not None:
             metrics["accuracy"] = weighted_mean(stats.argmax_N == targets_N, valid_N)
-        routing_loss, routing_metrics = routing_terms(config.model, pred.routing)
+        routing_loss, routing_metrics = routing.loss_and_metrics(config.model, pred.routing_stats)
         metrics.update(routing_metrics)
         loss += routing_loss
         metrics["loss"] = loss
-        metrics["num_tokens"] = jnp.sum(valid_N.astype(jnp.float32))
+        metrics["num_predictions"] = jnp.sum(valid_N.astype(jnp.float32))
         return loss, metrics
 
     return objective_fn
