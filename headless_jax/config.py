@@ -87,14 +87,19 @@ def base_config() -> ml_collections.ConfigDict:
     o.headless_train_accuracy = False  # headless: o·Eᵀ accuracy in training steps too (a [N,V] matmul); eval always
 
     d = c.data = ml_collections.ConfigDict()
-    d.sources = "embedded"  # comma-separated: embedded | text:GLOB | jsonl:GLOB[?field=text] | tfds:NAME[?split=train&field=text]
+    # comma-separated: embedded | text:GLOB | jsonl:GLOB[?field=text] (.gz, .zst too) | parquet:GLOB[?column=text] |
+    # tfds:NAME[?split=train&field=text]; each also takes name= (in metrics) and weight= (mixing, all or none)
+    d.sources = "embedded"
     d.mixing_alpha = 0.3  # several sources: sample source i with p_i ∝ n_i^alpha
     d.seq_len = 128
     d.packing = "windows"  # windows: fixed windows over concatenated text | documents: packed with segment ids
     d.heldout_fraction = 0.05  # tail of every document kept out of training
     d.tokenizer_model = ""  # path to a SentencePiece model; empty: train one from the sources
     d.tokenizer_sample_chars = 20_000_000
-    d.cache_dir = ""  # tokenizer and token cache; empty: <workdir>/cache
+    d.store = ""  # a token store built by python -m headless_jax.prepare; empty: one built under cache_dir
+    d.shard_chars = 8_000_000  # store shards hold about this many characters of text (a worker's memory bound)
+    d.range_reads = False  # read a local store by byte ranges too (remote stores always are); False: map it
+    d.cache_dir = ""  # tokenizer and automatic token store; empty: <workdir>/cache
     d.worker_count = 0  # grain worker processes (0: in the main process)
 
     t = c.train = ml_collections.ConfigDict()

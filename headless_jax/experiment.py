@@ -20,7 +20,9 @@ import ml_collections
 import optax
 from etils import epath
 
-from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE, Tokenizer
+from headless_jax.data.errors import MissingDataError
+from headless_jax.data.tokenizer import BaseTokenizer as Tokenizer
+from headless_jax.data.tokenizer import load_run_tokenizer, tokenizer_from_file
 from headless_jax.model import LanguageModel
 from headless_jax.objectives import ObjectiveFn, SpecialTokens, build_objective
 from headless_jax.train.checkpoint import Checkpointer, orbax_directory
@@ -30,8 +32,10 @@ from headless_jax.train.optim import train_optimizer
 from headless_jax.train.step import TrainState, build_eval_step, build_train_step
 from headless_jax.validate import validate_config
 
-# What the objectives need of the tokenizer: the fixed special ids every Tokenizer has (data.tokenizer).
-SPECIAL_TOKENS = SpecialTokens(mask_id=Tokenizer.mask_id, special_ids=Tokenizer.special_ids)
+
+def special_tokens(tokenizer) -> SpecialTokens:
+    """What the objectives need of a tokenizer: the id they mask with, and the ids never masked or sampled."""
+    return SpecialTokens(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids))
 
 
 def dummy_batch(seq_len: int) -> dict:
@@ -109,6 +113,13 @@ class Experiment:
         return jax.device_put(start_params(config, params, source.config, source.params),
                               self.state_shardings["params"])
 
+    def with_tokenizer(self, tokenizer) -> "Experiment":
+        """This (pretraining) experiment with the objective of `tokenizer`: its special ids (masking) and the UTF-8
+        bytes of its tokens (bits per byte)."""
+        objective = build_objective(self.config, self.model, special_tokens(tokenizer),
+                                    tokenizer.token_bytes(self.config.model.vocab_size))
+        return dataclasses.replace(self, objective=objective)
+
     @functools.cached_property
     def train_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
         return build_train_step(self.objective, self.optimizer, self.schedule, self.state_shardings, self.layout,
@@ -123,7 +134,9 @@ def build_experiment(config: ml_collections.ConfigDict, devices=None, layout: La
                      optimizer: optax.GradientTransformation | None = None) -> Experiment:
     """The experiment of a pretraining config, on a mesh over `devices` (default: all) as config.mesh says.
 
-    The whole config is validated first. layout: another mesh to build on (a saved run restored elsewhere; the
+    The whole config is validated first. Its objective masks with the default special ids (those of the
+    SentencePiece tokenizers trained here); `with_tokenizer` gives it another tokenizer's. layout: another mesh
+    to build on (a saved run restored elsewhere; the
     config's mesh and batch are then not checked). optimizer: replaces the config's (its schedule stays).
     """
     if layout is None:
@@ -134,8 +147,9 @@ def build_experiment(config: ml_collections.ConfigDict, devices=None, layout: La
         validate_config(config, None)
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
     configured_optimizer, schedule = train_optimizer(config)
-    return Experiment(layout, model, build_objective(config, model, SPECIAL_TOKENS), optimizer or configured_optimizer,
-                      schedule, config.data.seq_len, config.train.microbatches, config.seed, config)
+    return Experiment(layout, model, build_objective(config, model, SpecialTokens()),
+                      optimizer or configured_optimizer, schedule, config.data.seq_len, config.train.microbatches,
+                      config.seed, config)
 
 
 class PretrainedError(ValueError):
@@ -191,8 +205,8 @@ def load_pretrained(workdir: str, layout: Layout, step: int = 0, tokenizer_model
                                   "latest")
         config = ml_collections.ConfigDict(checkpointer.restored_config(step))
         _check_kind(config, causal, workdir)
-        tokenizer = _run_tokenizer(config, workdir, tokenizer_model)
-        experiment = build_experiment(config, layout=layout)
+        tokenizer = _run_tokenizer(workdir, config.model.vocab_size, tokenizer_model)
+        experiment = build_experiment(config, layout=layout).with_tokenizer(tokenizer)
         with layout.active():
             state = checkpointer.restore_state(step, experiment.abstract_state)  # the saved moments too
     finally:
@@ -208,17 +222,15 @@ def _check_kind(config: ml_collections.ConfigDict, causal: bool | None, workdir:
                           f"{kinds[causal]}; point --config.pretrained at such a run")
 
 
-def _run_tokenizer(config: ml_collections.ConfigDict, workdir: epath.Path, tokenizer_model: str) -> Tokenizer:
-    saved = workdir / RUN_TOKENIZER_FILE
-    vocab_size = config.model.vocab_size
-    if not saved.exists():
-        raise PretrainedError(f"pretrained={workdir}: no {RUN_TOKENIZER_FILE} (the pretraining run writes it); copy "
-                              f"the run's SentencePiece model to {saved}")
-    run_tokenizer = Tokenizer.from_file(saved, vocab_size)
+def _run_tokenizer(workdir: epath.Path, vocab_size: int, tokenizer_model: str) -> Tokenizer:
+    try:
+        run_tokenizer = load_run_tokenizer(workdir, vocab_size)
+    except MissingDataError as error:
+        raise PretrainedError(f"pretrained={workdir}: {error}") from None
     if not tokenizer_model:
         return run_tokenizer
-    given = Tokenizer.from_file(tokenizer_model, vocab_size)
+    given = tokenizer_from_file(tokenizer_model, vocab_size)
     if given.fingerprint != run_tokenizer.fingerprint:
         raise PretrainedError(f"tokenizer_model={tokenizer_model} is not the tokenizer {workdir} was pretrained "
-                              f"with ({saved}); leave --config.tokenizer_model empty to use the run's own")
+                              "with; leave --config.tokenizer_model empty to use the run's own")
     return given

@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 
 from headless_jax import data as data_lib
 from headless_jax.experiment import Experiment, build_experiment
+from headless_jax.objectives import bits_per_byte
 from headless_jax.train import flops as flops_lib
 from headless_jax.train.checkpoint import Checkpointer
 from headless_jax.train.init_from import resolve_tokenizer
@@ -51,8 +52,37 @@ def mean_metrics(metrics_list: list[dict]) -> dict[str, float]:
     return {k: float(v.sum() if k == "num_predictions" else (v * weights).sum()) for k, v in stacked.items()}
 
 
-def evaluate(eval_step, params, eval_batches: list[dict]) -> dict[str, float]:
-    return mean_metrics(jax.device_get([eval_step(params, batch) for batch in eval_batches]))
+def with_bits_per_byte(metrics: dict[str, float]) -> dict[str, float]:
+    bpb = bits_per_byte(metrics)
+    return metrics if bpb is None else dict(metrics, bits_per_byte=bpb)
+
+
+def evaluate(eval_step, params, batches_by_source: dict[str, list[dict]]) -> dict[str, float]:
+    """Held-out metrics over all sources' batches, and per source as `<name>/<metric>` when there are several."""
+    per_source = {name: jax.device_get([eval_step(params, batch) for batch in batches])
+                  for name, batches in batches_by_source.items()}
+    results = with_bits_per_byte(mean_metrics([m for metrics in per_source.values() for m in metrics]))
+    if len(per_source) > 1:
+        for name, metrics in per_source.items():
+            results.update({f"{name}/{k}": v for k, v in with_bits_per_byte(mean_metrics(metrics)).items()})
+    return results
+
+
+class TokensSeen:
+    """Real (non-padding) training tokens drawn from each source, over all processes, since the run began."""
+
+    def __init__(self, names: list[str], restored: dict[str, float]):
+        self.names, self.local = names, np.zeros(len(names))
+        self.base = np.array([restored.get(name, 0.0) for name in names])
+
+    def add(self, local_batch: dict) -> None:
+        real_B = (local_batch["segment_ids"] != 0).sum(1)
+        self.local += np.bincount(local_batch["source_ids"], weights=real_B, minlength=len(self.names))
+
+    def totals(self) -> dict[str, float]:
+        """Called by every process at the same step (it sums over processes)."""
+        local = multihost_utils.process_allgather(self.local).sum(0) if jax.process_count() > 1 else self.local
+        return {name: float(v) for name, v in zip(self.names, self.base + local)}
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: epath.Path):
@@ -80,24 +110,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     tokenizer, train_iterator, eval_local_batches = data_lib.build_data(config, str(workdir))
     if jax.process_index() == 0:
         tokenizer.save_to_run(workdir)
+    experiment = experiment.with_tokenizer(tokenizer)
     layout = experiment.layout
     with layout.active():
         restored = checkpointer.restore_latest(experiment.abstract_state, train_iterator)
+        progress = {}
         if restored:
             state, start = restored
+            progress = checkpointer.restored_progress(start)
             print(f"Resumed from the checkpoint at step {start} in {workdir}")
         else:
             state, start = experiment.init_state(), 0
             if t.init_from:
                 print(f"Initialised from the parameters of {t.init_from}")
-        eval_batches = [layout.global_batch(b) for b in eval_local_batches]
-        results = _run(config, workdir, experiment, state, start, train_iterator, eval_batches, checkpointer)
+        eval_batches = {name: [layout.global_batch(b) for b in batches] for name, batches in eval_local_batches.items()}
+        tokens_seen = TokensSeen(list(eval_batches), progress.get("tokens_seen", {}))
+        results = _run(config, workdir, experiment, state, start, train_iterator, eval_batches, checkpointer,
+                       tokens_seen)
     checkpointer.close()
     return results
 
 
-def _run(config, workdir, experiment: Experiment, state, start, train_iterator, eval_batches,
-         checkpointer) -> dict[str, float]:
+def _run(config, workdir, experiment: Experiment, state, start, train_iterator, eval_batches, checkpointer,
+         tokens_seen: TokensSeen) -> dict[str, float]:
     t, layout = config.train, experiment.layout
     train_step, eval_step = experiment.train_step, experiment.eval_step
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
@@ -129,6 +164,7 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
         values["step_ms"] = 1000 * elapsed / steps
         values["mfu"] = steps * flops_per_step / elapsed / (peak * jax.device_count())
         values.update(flops_lib.routing_flops_metrics(config, values))
+        values.update({f"tokens_seen/{name}": v for name, v in tokens_seen.totals().items()})
         writer.write(step, "train", values)
         bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
         if values["finite"] < 1:
@@ -141,7 +177,9 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
 
     try:
         for step in range(start, t.num_steps):
-            state, metrics = train_step(state, layout.global_batch(next(train_iterator)))
+            local_batch = next(train_iterator)
+            tokens_seen.add(local_batch)
+            state, metrics = train_step(state, layout.global_batch(local_batch))
             report_due = pending and (step % t.log_every == 0)
             if report_due:
                 report(step)  # the steps before this one, while this one runs
@@ -158,7 +196,8 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
                     bar.write(f"step {done}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
             if done % t.checkpoint_every == 0 or done == t.num_steps or stopping:
                 report(done)  # never save after an unchecked non-finite step
-                checkpointer.save(done, state, train_iterator, config_dict, force=True)
+                checkpointer.save(done, state, train_iterator, config_dict, {"tokens_seen": tokens_seen.totals()},
+                                  force=True)
             if stopping:
                 print(f"Preempted: saved the checkpoint at step {done}; re-run the same command to resume")
                 break

@@ -171,3 +171,36 @@ tpu_ssh_all() {
   local node
   for node in "${NODES[@]}"; do tpu_ssh "$node" all "$1"; done
 }
+
+# start_on_all_workers NAME PATTERN ARG...: on every worker of every slice where no process matches PATTERN
+# (pgrep -f), start `python -u ARG...` in the background in its own session, appending its output to
+# $REMOTE_LOGS/NAME.worker$W.log and pointing $REMOTE_LOGS/latest.log at it.
+start_on_all_workers() {
+  local name="$1" pattern="$2" words="" arg remote env_words log
+  shift 2
+  for arg in "$@"; do words+=" $(quote "$arg")"; done
+  log="$REMOTE_LOGS/$name.worker\$W.log"
+  remote="set -e; mkdir -p $REMOTE_LOGS; cd $REMOTE_REPO; $REMOTE_WORKER_ID"
+  remote+="; if pgrep -f \"$pattern\" >/dev/null; then echo \"worker \$W: a run is still going; launch/stop.sh stops it\" >&2; exit 1; fi"
+  remote+="; echo \"=== \$(date -u +%FT%TZ) launch/$(basename "$0") $name\" >>\"$log\""
+  env_words="${HEADLESS_ENV:+env $HEADLESS_ENV }"
+  remote+="; nohup setsid $env_words$REMOTE_VENV/bin/python -u$words >>\"$log\" 2>&1 </dev/null &"
+  remote+=" echo \"worker \$W: started pid \$!, log $log\"; ln -sfn \"$log\" $REMOTE_LOGS/latest.log"
+  tpu_ssh_all "$remote"
+}
+
+# require_bucket: TPU_BUCKET is set and a gs:// URL (workers read and write there).
+require_bucket() {
+  require TPU_BUCKET gs://my-bucket
+  [[ "$TPU_BUCKET" == gs://?* ]] || die "TPU_BUCKET must be a gs:// URL (e.g. export TPU_BUCKET=gs://my-bucket)"
+}
+
+# check_config CONFIG: relative to the repository root (the workers run from their own checkout).
+check_config() {
+  [[ "$1" != /* ]] || die "give CONFIG relative to the repository root (e.g. configs/base.py): the workers run from their own checkout"
+}
+
+# check_name LABEL NAME: NAME is usable in a path and a log file name.
+check_name() {
+  [[ "$2" =~ ^[A-Za-z0-9._-]+$ ]] || die "$1 may only hold letters, digits, '.', '_' and '-' (got $2)"
+}

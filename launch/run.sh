@@ -16,31 +16,20 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_args "$@"
 ((${#ARGS[@]} >= 1 && ${#ARGS[@]} <= 2)) || die "usage: launch/run.sh CONFIG [RUN_NAME] [-- --config.key=value ...]"
 require_tpu
-require TPU_BUCKET gs://my-bucket
-[[ "$TPU_BUCKET" == gs://?* ]] || die "TPU_BUCKET must be a gs:// URL (e.g. export TPU_BUCKET=gs://my-bucket)"
-
+require_bucket
 config="${ARGS[0]}"
-[[ "$config" != /* ]] || die "give CONFIG relative to the repository root (e.g. configs/base.py): the workers run from their own checkout"
+check_config "$config"
 config_file="${config%%:*}"
 [[ -f "$REPO_ROOT/$config_file" ]] || echo "warning: $config_file is not in the local checkout; the workers must have it" >&2
 default_name="$(basename "$config_file")"
 run_name="${ARGS[1]:-${default_name%.py}}"
-[[ "$run_name" =~ ^[A-Za-z0-9._-]+$ ]] || die "RUN_NAME may only hold letters, digits, '.', '_' and '-' (got $run_name)"
+check_name RUN_NAME "$run_name"
 workdir="${TPU_BUCKET%/}/runs/$run_name"
 set_location
 set_nodes
 
-main=(-m headless_jax.main --config="$config" --workdir="$workdir" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
-main_words=""
-for arg in "${main[@]}"; do main_words+=" $(quote "$arg")"; done
-log="$REMOTE_LOGS/$run_name.worker\$W.log"
-remote="set -e; mkdir -p $REMOTE_LOGS; cd $REMOTE_REPO; $REMOTE_WORKER_ID"
-remote+="; if pgrep -f \"$RUN_PATTERN\" >/dev/null; then echo \"worker \$W: a run is still going; launch/stop.sh stops it\" >&2; exit 1; fi"
-remote+="; echo \"=== \$(date -u +%FT%TZ) launch/run.sh $run_name\" >>\"$log\""
-env_words="${HEADLESS_ENV:+env $HEADLESS_ENV }"
-remote+="; nohup setsid $env_words$REMOTE_VENV/bin/python -u$main_words >>\"$log\" 2>&1 </dev/null &"
-remote+=" echo \"worker \$W: started pid \$!, log $log\"; ln -sfn \"$log\" $REMOTE_LOGS/latest.log"
-tpu_ssh_all "$remote"
+start_on_all_workers "$run_name" "$RUN_PATTERN" \
+  -m headless_jax.main --config="$config" --workdir="$workdir" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}
 
 cat >&2 <<MSG
 Started $run_name (workdir $workdir).

@@ -12,11 +12,11 @@ from absl import flags
 from headless_jax.config import base_config
 from headless_jax.data import (DataError, MissingDataError, Tokenizer, build_data, eval_batches, load_tokenizer,
                                mixing_weights, parse_sources, read_book, train_iterator)
+from headless_jax.data import store as store_lib
 from headless_jax.data import tokenizer as tokenizer_lib
-from headless_jax.data import tokens as tokens_lib
 from headless_jax.data.packing import PackedRows
-from headless_jax.data.pipeline import mixed_row_ids
-from headless_jax.data.tokens import TokenStream
+from headless_jax.data.pipeline import mixed_row_ids, token_store
+from headless_jax.data.store import TokenStream
 
 VOCAB, L, B = 512, 32, 8
 BOOKS = ("austen_emma", "austen_persuasion", "melville_mobydick")
@@ -62,7 +62,12 @@ def config(corpus_dir, tokenizer_path) -> ml_collections.ConfigDict:
 def token_stream(spec: str, tokenizer: Tokenizer, cache_dir, split: str = "train") -> TokenStream:
     """The `split` tokens of the one source `spec`, held-out fraction 0.1 as in tiny_config."""
     (source,) = parse_sources(spec)
-    return tokens_lib.tokenize_source(source, tokenizer, 0.1, cache_dir)[split]
+    return token_store(tiny_config(spec), tokenizer, cache_dir).streams(source.name, split)
+
+
+def only_source(batches_by_source: dict[str, list[dict]]) -> list[dict]:
+    (batches,) = batches_by_source.values()
+    return batches
 
 
 def take(iterator, n: int) -> list[dict]:
@@ -210,7 +215,7 @@ def test_document_packing_keeps_every_token_once_and_documents_apart(corpus_dir,
             if tokens_in_segment[-1] != tokenizer.eos_id:  # a document cut at the end of a full row
                 assert length == L and segment == segments[length - 1]
         kept.append(tokens[:length])
-    assert np.array_equal(np.concatenate(kept), stream.tokens)
+    assert np.array_equal(np.concatenate(kept), np.asarray(stream.tokens))
 
 
 # --- mixing
@@ -253,7 +258,8 @@ def test_train_iterator_mixes_sources(corpus_dir, tokenizer_path, tokenizer, tmp
 
 def test_train_batches_depend_on_the_seed_only(config, tokenizer, tmp_path):
     first = take(train_iterator(config, tokenizer, tmp_path), 3)
-    assert {k: (v.shape, v.dtype) for k, v in first[0].items()} == {k: ((B, L), np.int32) for k in first[0]}
+    assert {k: (v.shape, v.dtype) for k, v in first[0].items()} == {
+        **{k: ((B, L), np.int32) for k in ("tokens", "segment_ids", "positions")}, "source_ids": ((B,), np.int32)}
     assert_same_batches(first, take(train_iterator(config, tokenizer, tmp_path), 3))
     config.seed = 1
     other = take(train_iterator(config, tokenizer, tmp_path), 3)
@@ -289,8 +295,8 @@ def test_process_shards_concatenate_to_the_global_batch(config, tokenizer, tmp_p
     for step, batch in enumerate(global_batches):
         assert all(shards[p][step]["tokens"].shape == (B // 4, L) for p in range(4))
         assert_same_batches([batch], [{k: np.concatenate([s[step][k] for s in shards]) for k in batch}])
-    global_eval = eval_batches(config, tokenizer, tmp_path, 2)
-    eval_shards = [eval_batches(config, tokenizer, tmp_path, 2, p, 4) for p in range(4)]
+    global_eval = only_source(eval_batches(config, tokenizer, tmp_path, 2))
+    eval_shards = [only_source(eval_batches(config, tokenizer, tmp_path, 2, p, 4)) for p in range(4)]
     for step, batch in enumerate(global_eval):
         assert_same_batches([batch], [{k: np.concatenate([s[step][k] for s in eval_shards]) for k in batch}])
     with pytest.raises(DataError, match=r"global_batch_size=8 does not split over 3 processes"):
@@ -299,11 +305,11 @@ def test_process_shards_concatenate_to_the_global_batch(config, tokenizer, tmp_p
 
 def test_eval_batches_are_fixed_and_spread_over_the_heldout_rows(config, tokenizer, tmp_path):
     rows = all_rows(token_stream(config.data.sources, tokenizer, tmp_path, "heldout"), L, "windows")["tokens"]
-    batches = eval_batches(config, tokenizer, tmp_path, 2)
-    assert_same_batches(batches, eval_batches(config, tokenizer, tmp_path, 2))
+    batches = only_source(eval_batches(config, tokenizer, tmp_path, 2))
+    assert_same_batches(batches, only_source(eval_batches(config, tokenizer, tmp_path, 2)))
     picked = np.concatenate([b["tokens"] for b in batches])
     np.testing.assert_array_equal(picked, rows[np.arange(2 * B) * len(rows) // (2 * B)])
-    many = np.concatenate([b["tokens"] for b in eval_batches(config, tokenizer, tmp_path, len(rows))])
+    many = np.concatenate([b["tokens"] for b in only_source(eval_batches(config, tokenizer, tmp_path, len(rows)))])
     np.testing.assert_array_equal(many, rows[np.arange(len(rows) * B) % len(rows)])  # wraps around
 
 
@@ -333,19 +339,20 @@ def test_build_data_caches_tokenizer_and_tokens_in_the_workdir(corpus_dir, tmp_p
     config = tiny_config(f"text:{corpus_dir}/*.txt")
     tokenizer, train, evals = build_data(config, tmp_path)
     cached = sorted(path.name for path in (tmp_path / "cache").iterdir())
-    assert len(cached) == 5 and cached[0].startswith("tokenizer_")  # + tokens and doc ends of both splits
+    assert len(cached) == 2 and cached[0].startswith("store_") and cached[1].startswith("tokenizer_")
     first = take(train, 2)
+    evals = only_source(evals)
     assert len(evals) == config.train.eval_batches and evals[0]["tokens"].shape == (B, L)
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed")
 
     monkeypatch.setattr(tokenizer_lib, "train_sentencepiece", fail)
-    monkeypatch.setattr(tokens_lib, "_tokenize", fail)
+    monkeypatch.setattr(store_lib, "tokenize_documents", fail)
     again_tokenizer, again_train, again_evals = build_data(config, tmp_path)
     assert again_tokenizer.fingerprint == tokenizer.fingerprint
     assert_same_batches(take(again_train, 2), first)
-    assert_same_batches(again_evals, evals)
+    assert_same_batches(only_source(again_evals), evals)
 
 
 def test_worker_processes_give_the_same_stream(config, tokenizer, tmp_path):

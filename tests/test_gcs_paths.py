@@ -1,4 +1,4 @@
-"""gs:// paths for sources, tokenizer, token cache and metrics, against an in-memory stand-in for GCS.
+"""gs:// paths for sources, tokenizer, token store and metrics, against an in-memory stand-in for GCS.
 
 etils.epath hands gs:// paths to fsspec's "gcs" filesystem (gcsfs in production); the stand-in keeps files in
 memory and, like GCS, cannot append. Checkpoints are not covered: Orbax writes arrays through TensorStore's
@@ -59,9 +59,11 @@ def test_data_from_and_caches_in_gs_match_local_ones(fake_gcs, tmp_path):
     assert tokenizer.fingerprint == local_tokenizer.fingerprint
     for _ in range(2):
         np.testing.assert_array_equal(next(train)["tokens"], next(local_train)["tokens"])
-    np.testing.assert_array_equal(evals[0]["tokens"], local_evals[0]["tokens"])
-    cached = sorted(key.split("/")[-1].split("_")[0] for key in fake_gcs if key.startswith("bucket/run/cache/"))
-    assert cached == ["tokenizer"] + ["tokens"] * 4 and not any("tmp" in key for key in fake_gcs)
+    np.testing.assert_array_equal(evals["text"][0]["tokens"], local_evals["text"][0]["tokens"])
+    cached = {key.split("/")[3].split("_")[0] for key in fake_gcs if key.startswith("bucket/run/cache/")}
+    assert cached == {"tokenizer", "store"} and not any("tmp" in key for key in fake_gcs)
+    shards = [key for key in fake_gcs if "/shards/" in key]
+    assert shards and all(key.startswith("bucket/run/cache/store_") for key in shards)  # read back by ranges
     # a second run loads the cache instead of training a tokenizer again
     assert build_data(remote, "gs://bucket/run")[0].fingerprint == tokenizer.fingerprint
     tokenizer.save_to_run("gs://bucket/run")

@@ -76,7 +76,7 @@ def shellcheck_binary():
 
 def test_all_scripts_present():
     names = {p.name for p in SCRIPTS}
-    assert {"common.sh", "create.sh", "setup.sh", "run.sh", "status.sh", "logs.sh", "stop.sh",
+    assert {"common.sh", "create.sh", "setup.sh", "run.sh", "prepare.sh", "status.sh", "logs.sh", "stop.sh",
             "delete.sh"} <= names
     assert SBATCH.exists() and (LAUNCH / "README.md").exists()
     for path in SCRIPTS:
@@ -265,6 +265,20 @@ def test_run_dry_run_command():
                      "--config.train.num_steps=10", "--config.data.sources=jsonl:gs://b/data/*.jsonl"]
     assert "nohup" in script and "$HOME/headless_jax_logs/base.worker$W.log" in script
     assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
+
+
+def test_prepare_dry_run_command():
+    cmds = dry("prepare.sh", "configs/base.py", "c4-neox", "--", "--config.data.sources=jsonl:gs://b/c4/*.json.gz",
+               TPU_NUM_SLICES="2")
+    assert [c[5] for c in cmds] == ["hl-v4-0", "hl-v4-1"] and all(flag(c, "worker") == "all" for c in cmds)
+    script = remote(cmds[0])
+    words = shlex.split(script.rsplit("/bin/python -u -m ", 1)[1].split(">>", 1)[0])
+    assert words == ["headless_jax.prepare", "--config=configs/base.py", "--out=gs://hl-bucket/stores/c4-neox",
+                     "--config.data.sources=jsonl:gs://b/c4/*.json.gz"]
+    assert "$HOME/headless_jax_logs/prepare-c4-neox.worker$W.log" in script and "headless_jax[.]prepare" in script
+    assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
+    result = launch("prepare.sh", "--dry-run", "configs/base.py", env=clean_env(**TPU_ENV))
+    assert result.returncode != 0 and "usage: launch/prepare.sh CONFIG STORE_NAME" in result.stderr
 
 
 def test_run_name_and_multislice():

@@ -24,7 +24,8 @@ MAY_IMPORT = {
 LAYER_OF = {  # module or package (dotted, below headless_jax) → layer
     "config": "config", "distributed": "config", "data": "data", "model": "model", "objectives": "objectives",
     "train": "experiment", "validate": "experiment", "experiment": "experiment", "loop": "loop",
-    "bench": "tools", "memory": "tools", "downstream": "downstream", "main": "commands", "evaluate": "commands",
+    "bench": "tools", "memory": "tools", "data_bench": "tools", "downstream": "downstream", "main": "commands", "evaluate": "commands",
+    "prepare": "commands",
 }
 
 

@@ -110,8 +110,8 @@ def test_the_processes_share_one_tokenizer_and_token_cache(runs):
     tokenizers = list(cache.glob("tokenizer_*.model"))
     assert len(tokenizers) == 1 and not list(cache.glob(".*.tmp"))
     assert tokenizers[0].read_bytes() == (runs["two"] / "tokenizer.model").read_bytes()
-    assert sorted(p.name.split("_", 2)[2] for p in cache.glob("tokens_*.npy")) == [
-        "heldout.npy", "heldout_doc_ends.npy", "train.npy", "train_doc_ends.npy"]
+    (store,) = cache.glob("store_*")  # one token store, complete: every unit in the ledger
+    assert sorted(p.name for p in (store / "ledger" / "text").glob("?????.json")) == ["00000.json"]
 
 
 def test_each_process_reads_its_own_rows_of_every_global_batch(runs, text):
@@ -124,10 +124,10 @@ def test_each_process_reads_its_own_rows_of_every_global_batch(runs, text):
         want = next(whole)
         got = [next(part) for part in parts]
         for name in want:
-            assert all(g[name].shape == (2, 32) for g in got)
+            assert all(g[name].shape == (2, 32)[:want[name].ndim] for g in got)
             np.testing.assert_array_equal(np.concatenate([g[name] for g in got]), want[name])
-    whole_eval = eval_batches(config, tokenizer, cache, 2)
-    eval_parts = [eval_batches(config, tokenizer, cache, 2, p, 3) for p in range(3)]
+    (whole_eval,) = eval_batches(config, tokenizer, cache, 2).values()
+    eval_parts = [next(iter(eval_batches(config, tokenizer, cache, 2, p, 3).values())) for p in range(3)]
     for b, want in enumerate(whole_eval):
         np.testing.assert_array_equal(np.concatenate([part[b]["tokens"] for part in eval_parts]), want["tokens"])
 
@@ -145,7 +145,7 @@ def test_process_0_fills_the_caches_before_the_barrier_and_the_others_wait(text,
             index, sorted(p.name.split("_")[0] for p in cache.glob("*")) if cache.exists() else []))
         tokenizer = build_data(tiny_config(text, **{"data.cache_dir": str(cache)}), tmp_path)[0]
         assert tokenizer.vocab_size == OVERRIDES["model.vocab_size"]
-    assert at_barrier == {1: [], 0: ["tokenizer"] + ["tokens"] * 4}
+    assert at_barrier == {1: [], 0: ["store", "tokenizer"]}
 
 
 @pytest.fixture

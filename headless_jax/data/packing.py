@@ -7,7 +7,7 @@ documents: each document cut into chunks of at most seq_len, chunks packed into 
 """
 import numpy as np
 
-from headless_jax.data.tokens import TokenStream
+from headless_jax.data.store import TokenStream
 
 PACKINGS = ("windows", "documents")
 

@@ -1,11 +1,13 @@
 """Training and evaluation batches: dicts of int32 numpy arrays `tokens`, `segment_ids`, `positions`, each
 [B, L] with B = this process's rows of the global batch.
 
+Rows come from the token store (data/store.py): `data.store`, or one built automatically under the cache.
 Training streams are grain pipelines over (source, row) ids: each source reshuffled every epoch, sources
-interleaved with weights p_i ∝ n_i^alpha, global batches of ids cut into per-process slices, and only this
-process's rows read. Their iterators have get_state()/set_state() for checkpoints.
+interleaved with their `weight=`s or p_i ∝ n_i^alpha, global batches of ids cut into per-process slices, and
+only this process's rows read. Their iterators have get_state()/set_state() for checkpoints. Every batch
+also carries `source_ids` [B], the source of each row.
 
-Several processes: process 0 trains the tokenizer and fills the token cache while the others wait (see
+Several processes: process 0 trains the tokenizer and builds the automatic store while the others wait (see
 `build_data`).
 """
 import functools
@@ -20,9 +22,9 @@ from jax.experimental import multihost_utils
 
 from headless_jax.data.errors import DataError
 from headless_jax.data.packing import PACKINGS, PackedRows
-from headless_jax.data.sources import parse_sources
-from headless_jax.data.tokenizer import Tokenizer, load_tokenizer
-from headless_jax.data.tokens import tokenize_source
+from headless_jax.data.sources import no_text_error, parse_sources
+from headless_jax.data.store import TokenStore, manifest, store_key
+from headless_jax.data.tokenizer import Tokenizer, load_run_tokenizer, load_tokenizer
 
 Batch = dict[str, np.ndarray]
 # rows are slices of an in-memory (or mapped) cache: a few batches ahead hide their cost, where grain's default
@@ -30,21 +32,27 @@ Batch = dict[str, np.ndarray]
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
 
-def mixing_weights(row_counts: Sequence[int], alpha: float) -> np.ndarray:
-    """Probability of drawing each source: p_i ∝ n_i^alpha, n_i its number of rows (float64).
+def mixing_weights(row_counts: Sequence[int], alpha: float, weights: Sequence[float | None] = ()) -> np.ndarray:
+    """Probability of drawing each source (float64): proportional to the sources' explicit `weights` when they
+    all have one, else p_i ∝ n_i^alpha, n_i its number of rows.
 
     alpha = 1 draws rows uniformly, alpha = 0 sources uniformly; alpha ≈ 0.3 (XLM-R) lifts small sources
     (languages) without repeating them too often."""
-    weights = np.asarray(row_counts, np.float64) ** alpha
-    return weights / weights.sum()
+    given = [w for w in weights if w is not None]
+    if given and len(given) != len(row_counts):
+        raise DataError("data.sources: give weight= to every source or to none (then p ∝ rows^data.mixing_alpha)")
+    p = np.asarray(given, np.float64) if given else np.asarray(row_counts, np.float64) ** alpha
+    return p / p.sum()
 
 
-def mixed_row_ids(row_counts: Sequence[int], alpha: float, seed: int) -> grain.MapDataset:
+def mixed_row_ids(row_counts: Sequence[int], alpha: float, seed: int,
+                  weights: Sequence[float | None] = ()) -> grain.MapDataset:
     """Endless (source, row) ids: each source shuffled by `seed`, afresh every epoch, and the sources interleaved
-    in the proportions of mixing_weights (grain's deterministic mix, exact to 1% of the smallest weight)."""
+    in the proportions of mixing_weights (grain's deterministic mix, exact to 1% of the smallest weight). The
+    weights may change between a run and its resume: the stream then continues with the new proportions."""
     per_source = [grain.MapDataset.range(count).shuffle(seed=_source_seed(seed, source)).repeat()
                   .map(functools.partial(_tag_with_source, source)) for source, count in enumerate(row_counts)]
-    return grain.MapDataset.mix(per_source, mixing_weights(row_counts, alpha).tolist())
+    return grain.MapDataset.mix(per_source, mixing_weights(row_counts, alpha, weights).tolist())
 
 
 def train_iterator(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_dir: epath.PathLike,
@@ -56,7 +64,8 @@ def train_iterator(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cach
     state, and any process's state resumes a run on another number of processes."""
     sources = _packed_rows(config, tokenizer, cache_dir, "train")
     local_batch_size = _local_batch_size(config, process_count)
-    ids = mixed_row_ids([len(rows) for rows in sources], config.data.mixing_alpha, config.seed)
+    weights = [source.weight for source in parse_sources(config.data.sources)]
+    ids = mixed_row_ids([len(rows) for rows in sources], config.data.mixing_alpha, config.seed, weights)
     # global batch s is local batches s·P .. s·P + P-1 of the id stream: this process takes every P-th
     local_ids = ids.batch(local_batch_size, drop_remainder=True).slice(slice(process_index, None, process_count))
     dataset = local_ids.map(functools.partial(_read_rows, sources)).to_iter_dataset(_READ_OPTIONS)
@@ -66,23 +75,25 @@ def train_iterator(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cach
 
 
 def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_dir: epath.PathLike,
-                 num_batches: int, process_index: int = 0, process_count: int = 1) -> list[Batch]:
-    """`num_batches` fixed batches (this process's slice of each) of held-out rows, in order: spread evenly
-    over all held-out rows so that every document counts, repeating rows when there are fewer than needed."""
-    sources = _packed_rows(config, tokenizer, cache_dir, "heldout")
-    first_row = np.cumsum([0] + [len(rows) for rows in sources])  # of each source, in the rows of all sources
-    total_rows, wanted = int(first_row[-1]), num_batches * config.train.global_batch_size
-    if total_rows == 0:
-        raise DataError(f"data.sources={config.data.sources}: the held-out split is shorter than one row of "
-                        f"data.seq_len={config.data.seq_len} tokens; raise --config.data.heldout_fraction "
-                        f"(now {config.data.heldout_fraction}) or lower data.seq_len")
-    rows = np.arange(wanted) * total_rows // wanted if wanted <= total_rows else np.arange(wanted) % total_rows
-    source_of_row = np.searchsorted(first_row, rows, "right") - 1
+                 num_batches: int, process_index: int = 0, process_count: int = 1) -> dict[str, list[Batch]]:
+    """Per source (by name), `num_batches` fixed batches (this process's slice of each) of its held-out rows, in
+    order: spread evenly over them so that every document counts, repeating rows when there are fewer."""
     _local_batch_size(config, process_count)  # its clear error for a batch that does not split over the processes
-    source_NxB = source_of_row.reshape(num_batches, -1)
-    row_NxB = (rows - first_row[source_of_row]).reshape(num_batches, -1)
-    local = [process_rows({"source": s, "row": r}, process_index, process_count) for s, r in zip(source_NxB, row_NxB)]
-    return [_read_rows(sources, (ids["source"], ids["row"])) for ids in local]
+    wanted = num_batches * config.train.global_batch_size
+    batches = {}
+    for index, (source, rows) in enumerate(zip(parse_sources(config.data.sources),
+                                               _packed_rows(config, tokenizer, cache_dir, "heldout"))):
+        if not len(rows):
+            raise DataError(f"data.sources: {source.spec!r}: the held-out split is shorter than one row of "
+                            f"data.seq_len={config.data.seq_len} tokens; raise --config.data.heldout_fraction "
+                            f"(now {config.data.heldout_fraction}) or lower data.seq_len")
+        picked = np.arange(wanted) * len(rows) // wanted if wanted <= len(rows) else np.arange(wanted) % len(rows)
+        sources_NxB = np.full((num_batches, wanted // num_batches), index)
+        local = [process_rows({"source": s, "row": r}, process_index, process_count)
+                 for s, r in zip(sources_NxB, picked.reshape(num_batches, -1))]
+        only = [rows if i == index else None for i in range(index + 1)]
+        batches[source.name] = [_read_rows(only, (ids["source"], ids["row"])) for ids in local]
+    return batches
 
 
 def process_rows(batch: Batch, process_index: int, process_count: int) -> Batch:
@@ -93,18 +104,23 @@ def process_rows(batch: Batch, process_index: int, process_count: int) -> Batch:
 
 
 def build_data(config: ml_collections.ConfigDict, workdir: epath.PathLike, process_index: int | None = None,
-               process_count: int | None = None) -> tuple[Tokenizer, grain.DatasetIterator, list[Batch]]:
-    """(tokenizer, training iterator, held-out eval batches) of an experiment, for this process (default: JAX's).
+               process_count: int | None = None) -> tuple[Tokenizer, grain.DatasetIterator, dict[str, list[Batch]]]:
+    """(tokenizer, training iterator, held-out eval batches per source) of an experiment, for this process
+    (default: JAX's).
 
-    Tokenizer and token caches live in data.cache_dir, or <workdir>/cache; the first run fills them. In a
-    multi-process run process 0 fills them while the others wait at a barrier, then every process loads them
+    With data.store the rows come from that prepared store (and its tokenizer, unless data.tokenizer_model is
+    set); else the tokenizer and a store are built in data.cache_dir, or <workdir>/cache, by the first run. In a
+    multi-process run process 0 builds them while the others wait at a barrier, then every process loads them
     (a process that does not see process 0's files, e.g. a local cache_dir on another host, builds its own:
     the build is deterministic, and all processes check that they hold the same tokenizer)."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     cache_dir = epath.Path(config.data.cache_dir or epath.Path(workdir) / "cache")
-    _fill_caches_on_process_0(config, cache_dir)
-    tokenizer = load_tokenizer(config, cache_dir)
+    if jax.process_count() > 1:
+        if jax.process_index() == 0:
+            token_store(config, data_tokenizer(config, cache_dir), cache_dir)
+        multihost_utils.sync_global_devices("headless_jax: tokenizer and token store ready")
+    tokenizer = data_tokenizer(config, cache_dir)
     if jax.process_count() > 1:
         multihost_utils.assert_equal(np.frombuffer(bytes.fromhex(tokenizer.fingerprint), np.uint32),
                                      f"the processes' tokenizers differ (one is {tokenizer.fingerprint}); give "
@@ -114,16 +130,27 @@ def build_data(config: ml_collections.ConfigDict, workdir: epath.PathLike, proce
     return tokenizer, train, evals
 
 
-def _fill_caches_on_process_0(config: ml_collections.ConfigDict, cache_dir: epath.Path) -> None:
-    """Multi-process runs: the tokenizer is trained and the sources tokenised once, by process 0, before any
-    other process looks for them; one process: nothing to do here."""
-    if jax.process_count() == 1:
-        return
-    if jax.process_index() == 0:
-        tokenizer = load_tokenizer(config, cache_dir)
-        for source in parse_sources(config.data.sources):
-            tokenize_source(source, tokenizer, config.data.heldout_fraction, cache_dir)
-    multihost_utils.sync_global_devices("headless_jax: tokenizer and token cache ready")
+def data_tokenizer(config: ml_collections.ConfigDict, cache_dir: epath.PathLike) -> Tokenizer:
+    """The tokenizer of the run's data: data.tokenizer_model, else the prepared store's, else one trained from
+    data.sources (cached in `cache_dir`)."""
+    if config.data.store and not config.data.tokenizer_model:
+        return load_run_tokenizer(config.data.store, config.model.vocab_size)
+    return load_tokenizer(config, cache_dir)
+
+
+def token_store(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_dir: epath.PathLike) -> TokenStore:
+    """data.store, checked against this config (its sources, tokenizer, held-out fraction); else the automatic
+    store of this config under `cache_dir`, built now where it is not complete (in this process)."""
+    data, sources = config.data, parse_sources(config.data.sources)
+    expected = manifest(sources, tokenizer, data.heldout_fraction, data.shard_chars)
+    if data.store:
+        store = TokenStore(data.store, expected)
+        store.check_manifest(create=False)
+        return store
+    key = store_key(sources, tokenizer, data.heldout_fraction, data.shard_chars)
+    store = TokenStore(epath.Path(cache_dir) / f"store_{key}", expected)
+    store.build(sources, tokenizer)
+    return store
 
 
 def _packed_rows(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_dir: epath.PathLike,
@@ -132,9 +159,12 @@ def _packed_rows(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_
     data = config.data
     if data.packing not in PACKINGS:
         raise DataError(f"data.packing={data.packing!r} is unknown; set --config.data.packing to one of {PACKINGS}")
+    store = token_store(config, tokenizer, cache_dir)
     rows_by_source = []
     for source in parse_sources(data.sources):
-        stream = tokenize_source(source, tokenizer, data.heldout_fraction, cache_dir)[split]
+        stream = store.streams(source.name, split, data.range_reads)
+        if split == "train" and not len(stream.tokens):
+            raise no_text_error(source)
         rows = PackedRows(stream, data.seq_len, data.packing, tokenizer.pad_id)
         if split == "train" and not len(rows):
             raise DataError(f"data.sources: {source.spec!r} has {len(stream.tokens)} training tokens, less than one "
@@ -160,12 +190,14 @@ def _tag_with_source(source: int, row: int) -> tuple[int, int]:
     return source, row
 
 
-def _read_rows(sources: list[PackedRows], ids: tuple[np.ndarray, np.ndarray]) -> Batch:
-    """The rows `ids` = (source_b, row_b) as one batch."""
+def _read_rows(sources: list[PackedRows | None], ids: tuple[np.ndarray, np.ndarray]) -> Batch:
+    """The rows `ids` = (source_b, row_b) as one batch (None: a source none of the ids names)."""
     source_b, row_b = ids
-    batch = {}
+    batch = {"source_ids": np.asarray(source_b, np.int32)}
     for source, rows in enumerate(sources):
         from_source = source_b == source
+        if rows is None or not from_source.any():
+            continue
         for name, values in rows.read(row_b[from_source]).items():
             batch.setdefault(name, np.zeros((len(row_b), rows.seq_len), np.int32))[from_source] = values
     return batch

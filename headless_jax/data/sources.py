@@ -2,41 +2,77 @@
 
   embedded                              the seven novels shipped with the package, one document each
   text:GLOB                             UTF-8 text files, one document each
-  jsonl:GLOB?field=text                 JSON Lines, one document per line, read from `field`
+  jsonl:GLOB?field=text                 JSON Lines, one document per line, read from `field`; files ending in
+                                        .gz (gzip) or .zst/.zstd (zstd) are decompressed as they are read
+  parquet:GLOB?column=text              Parquet files, one document per row of the string `column` (nulls skipped)
   tfds:NAME?split=train&field=text      a TFDS dataset in ArrayRecord format, one document per record
                                         (read with tfds.data_source: no TensorFlow; `data_dir=` optional)
 
-Paths may be local or gs:// URLs.
+Every kind also takes `name=` (the source's name in metrics; default: its kind, or `KIND_I` with I its position
+in the list when several sources are of that kind) and `weight=` (a positive mixing weight; default: none),
+e.g. `embedded?weight=2`. Neither changes the data, so neither changes the source's fingerprint.
+
+A source's documents come in units that can be read on their own (a file, a book, a range of TFDS records), so
+that they can be prepared in parallel. Paths may be local or gs:// URLs. Files are streamed, never read whole,
+except a text file, which is one document.
 """
+import collections
 import dataclasses
 import functools
-import json
+import math
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from etils import epath
 
-from headless_jax.data import corpus
+from headless_jax.data import corpus, readers
 from headless_jax.data.errors import DataError, MissingDataError
 
-_USAGE = "embedded | text:GLOB | jsonl:GLOB?field=text | tfds:NAME?split=train&field=text"
-_OPTIONS = {"embedded": {}, "text": {}, "jsonl": {"field": "text"},
+_USAGE = ("embedded | text:GLOB | jsonl:GLOB?field=text | parquet:GLOB?column=text | "
+          "tfds:NAME?split=train&field=text (each may add &name=NAME&weight=W)")
+_OPTIONS = {"embedded": {}, "text": {}, "jsonl": {"field": "text"}, "parquet": {"column": "text"},
             "tfds": {"split": "train", "field": "text", "data_dir": ""}}  # each kind's options and their defaults
+_COMMON_OPTIONS = ("name", "weight")  # every kind's; they say how to use the data, so are not in the fingerprint
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# what reading a damaged compressed file raises: bad header, bad data, truncated stream
+TFDS_UNIT_RECORDS = 100_000  # the most records in one unit of a TFDS source
+
+
+class Unit(NamedTuple):
+    """A part of a source's documents that can be read on its own, e.g. by one worker of a parallel build."""
+    key: str  # names the part within its source: a file's path, a book's name, a range of records
+    documents: Callable[[], Iterator[str]]  # reads the part's documents afresh on each call
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
     spec: str  # as written in the config: names the source in messages
     fingerprint: str  # changes when the data changes: part of every cache key
-    documents: Callable[[], Iterator[str]]  # reads the documents afresh on each call
+    documents: Callable[[], Iterator[str]]  # reads the documents afresh on each call: its units' documents in order
+    units: Callable[[], list[Unit]]  # the parts of `documents`, in order (for tfds, opens the dataset)
+    name: str  # short, and unique among the sources: names the source in metrics
+    weight: float | None  # its mixing weight, if the spec gives one
+
+
+class _Spec(NamedTuple):
+    """A source spec, parsed and checked but not yet looked up (no files listed, nothing opened)."""
+    text: str
+    kind: str
+    location: str  # a glob or TFDS name; empty for embedded
+    options: dict[str, str]  # the kind's own options, defaults filled in
+    name: str | None
+    weight: float | None
 
 
 def parse_sources(sources: str) -> list[Source]:
     """The sources of a `config.data.sources` string; file globs are expanded (and checked) now."""
-    specs = [spec.strip() for spec in sources.split(",") if spec.strip()]
-    if not specs:
+    texts = [text.strip() for text in sources.split(",") if text.strip()]
+    if not texts:
         raise DataError(f"data.sources is empty; set --config.data.sources to one or more of {_USAGE}")
-    return [_parse_source(spec) for spec in specs]
+    specs = [_parse_spec(text) for text in texts]
+    return [_source(spec, name) for spec, name in zip(specs, _names(specs))]
 
 
 def no_text_error(source: Source) -> DataError:
@@ -44,27 +80,84 @@ def no_text_error(source: Source) -> DataError:
                      "have a train split); point it at text or remove it")
 
 
-def _parse_source(spec: str) -> Source:
-    kind, _, rest = spec.partition(":")
-    location, _, query = rest.partition("?")
+def _parse_spec(text: str) -> _Spec:
+    head, _, query = text.partition("?")
+    kind, _, location = head.partition(":")
     takes_location = kind != "embedded"
     if kind not in _OPTIONS or bool(location) != takes_location:
-        raise DataError(f"data.sources: cannot parse {spec!r}; each source is one of {_USAGE}")
+        raise DataError(f"data.sources: cannot parse {text!r}; each source is one of {_USAGE}")
     options = dict(_OPTIONS[kind])
+    common: dict[str, str] = {}
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        if key not in options:
-            raise DataError(f"data.sources: {spec!r} has unknown option {key!r}; "
-                            f"{kind} takes {sorted(options) or 'none'}")
-        options[key] = value
+        if key in _COMMON_OPTIONS:
+            common[key] = value
+        elif key in options:
+            options[key] = value
+        else:
+            raise DataError(f"data.sources: {text!r} has unknown option {key!r}; "
+                            f"{kind} takes {sorted([*options, *_COMMON_OPTIONS])}")
+    name = common.get("name")
+    if name is not None and not _NAME.fullmatch(name):
+        raise DataError(f"data.sources: {text!r}: name={name!r} is not a valid name; use only letters, digits, "
+                        "'_', '.' and '-' (e.g. name=wiki_en)")
+    weight = _parse_weight(text, common["weight"]) if "weight" in common else None
+    return _Spec(text, kind, location, options, name, weight)
 
-    if kind == "embedded":
-        return Source(spec, spec, _embedded_documents)
-    if kind == "tfds":  # a TFDS name + version identifies its data
-        return Source(spec, spec, functools.partial(_tfds_documents, spec, location, **options))
-    files = _matching_files(spec, location)
-    fingerprint = repr([spec] + [(str(f), stat.length, stat.mtime) for f in files for stat in [f.stat()]])
-    read = _text_documents if kind == "text" else functools.partial(_jsonl_documents, field=options["field"])
-    return Source(spec, fingerprint, functools.partial(read, files))
+
+def _parse_weight(spec: str, value: str) -> float:
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = math.nan
+    if not (math.isfinite(weight) and weight > 0):
+        raise DataError(f"data.sources: {spec!r}: weight={value!r} is not a positive number; "
+                        "give one such as weight=2 or weight=0.5")
+    return weight
+
+
+def _names(specs: list[_Spec]) -> list[str]:
+    """Each source's name: as given, else its kind, numbered by position when several sources are of that kind."""
+    kinds = collections.Counter(spec.kind for spec in specs)
+    names = [spec.name or (spec.kind if kinds[spec.kind] == 1 else f"{spec.kind}_{i}")
+             for i, spec in enumerate(specs)]
+    for i, name in enumerate(names):
+        if name in names[:i]:  # metrics (and stores) are kept by name: two sources must not share one
+            first = specs[names.index(name)].text
+            raise DataError(f"data.sources: {first!r} and {specs[i].text!r} are both named {name!r}; "
+                            "give one of them another name=NAME")
+    return names
+
+
+def _data_spec(text: str) -> str:
+    """The spec without the options that leave the data as it is (name=, weight=): what the fingerprint keeps."""
+    head, _, query = text.partition("?")
+    pairs = query.split("&") if query else []
+    kept = [pair for pair in pairs if urllib.parse.unquote_plus(pair.partition("=")[0]) not in _COMMON_OPTIONS]
+    if len(kept) == len(pairs):  # the spec as written: fingerprints from before name=/weight= stay valid
+        return text
+    return head + ("?" + "&".join(kept) if kept else "")
+
+
+def _source(spec: _Spec, name: str) -> Source:
+    # functools.partial of module functions, not lambdas: units can then be pickled for worker processes
+    data_spec = _data_spec(spec.text)
+    if spec.kind == "embedded":
+        fingerprint, units = data_spec, _embedded_units
+    elif spec.kind == "tfds":  # a TFDS name + version identifies its data
+        fingerprint, units = data_spec, functools.partial(_tfds_units, spec.text, spec.location, **spec.options)
+    else:
+        files = _matching_files(spec.text, spec.location)
+        fingerprint = repr([data_spec] + [(str(f), stat.length, stat.mtime) for f in files for stat in [f.stat()]])
+        read = {"text": readers.text_documents,
+                "jsonl": functools.partial(readers.jsonl_documents, field=spec.options.get("field")),
+                "parquet": functools.partial(readers.parquet_documents, column=spec.options.get("column"))}[spec.kind]
+        units = functools.partial(_file_units, files, read)
+    return Source(spec.text, fingerprint, functools.partial(_units_documents, units), units, name, spec.weight)
+
+
+def _units_documents(units: Callable[[], list[Unit]]) -> Iterator[str]:
+    for unit in units():
+        yield from unit.documents()
 
 
 def _matching_files(spec: str, pattern: str) -> list[epath.Path]:
@@ -82,68 +175,24 @@ def _matching_files(spec: str, pattern: str) -> list[epath.Path]:
     return files
 
 
-def _embedded_documents() -> Iterator[str]:
-    for name in corpus.book_names():
-        yield corpus.read_book(name)
+def _file_units(files: list[epath.Path], read: Callable[[epath.Path], Iterator[str]]) -> list[Unit]:
+    return [Unit(str(path), functools.partial(read, path)) for path in files]
 
 
-def _text_documents(files: list[epath.Path]) -> Iterator[str]:
-    for path in files:
-        yield _decode_utf8(path.read_bytes(), str(path))
+def _embedded_units() -> list[Unit]:
+    return [Unit(name, functools.partial(_book_documents, name)) for name in corpus.book_names()]
 
 
-def _jsonl_documents(files: list[epath.Path], field: str) -> Iterator[str]:
-    for path in files:
-        for line_number, line in enumerate(_decode_utf8(path.read_bytes(), str(path)).split("\n"), start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg}); write one JSON object per line") from None
-            if not isinstance(record, dict) or field not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise DataError(f"{where}: no field {field!r} (found {keys}); "
-                                f"name the text field with jsonl:GLOB?field=NAME")
-            if not isinstance(record[field], str):
-                raise DataError(f"{where}: field {field!r} is a {type(record[field]).__name__}, not text; "
-                                f"name the text field with jsonl:GLOB?field=NAME")
-            yield record[field]
+def _book_documents(name: str) -> Iterator[str]:
+    yield corpus.read_book(name)
 
 
-def open_tfds(name: str, split: str, data_dir: str, where: str, fix: str):
-    """A TFDS split prepared as ArrayRecord, as a random-access source (tfds.data_source: no TensorFlow); a
-    MissingDataError that starts with `where` and ends with `fix` when TFDS cannot open it."""
-    import tensorflow_datasets as tfds  # slow to import: only for TFDS sources
-
-    try:
-        return tfds.data_source(name, split=split, data_dir=data_dir or None)
-    except Exception as e:  # TFDS raises many kinds (not found, not ArrayRecord, bad split): report them alike
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MissingDataError(f"{where}: TFDS cannot open {name} split {split} ({reason}); {fix}") from e
-
-
-def decode_text(value: bytes | str, where: str) -> str:
-    """A TFDS Text feature (bytes from tfds.data_source) as str."""
-    return _decode_utf8(value, where) if isinstance(value, bytes) else str(value)
-
-
-def _tfds_documents(spec: str, name: str, split: str, field: str, data_dir: str) -> Iterator[str]:
-    records = open_tfds(name, split, data_dir, f"data.sources: {spec!r}",
+def _tfds_units(spec: str, name: str, split: str, field: str, data_dir: str) -> list[Unit]:
+    records = readers.open_tfds(name, split, data_dir, f"data.sources: {spec!r}",
                         "check the name, split and data_dir, and that it was prepared as ArrayRecord "
                         "(tfds build --file_format=array_record)")
-    for index in range(len(records)):
-        record = records[index]
-        if field not in record:
-            raise DataError(f"data.sources: {spec!r}: record {index} has no field {field!r} (found {sorted(record)}); "
-                            f"name the text field with tfds:{name}?field=NAME")
-        yield decode_text(record[field], f"{spec} record {index}")
-
-
-def _decode_utf8(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{where}: byte {e.start} is not UTF-8; re-encode it to UTF-8 "
-                        f"(e.g. iconv -f latin1 -t utf-8)") from None
+    starts = range(0, len(records), TFDS_UNIT_RECORDS)
+    ranges = [(start, min(start + TFDS_UNIT_RECORDS, len(records))) for start in starts]
+    return [Unit(f"records {start}-{stop}",
+                 functools.partial(readers.tfds_documents, spec, name, field, records, start, stop))
+            for start, stop in ranges]

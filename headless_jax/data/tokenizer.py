@@ -1,6 +1,11 @@
-"""SentencePiece tokenizer with fixed special ids, trained from the configured sources once and cached."""
+"""Tokenizers with the special tokens the objectives rely on, behind one interface (BaseTokenizer):
+
+- `Tokenizer`: a SentencePiece model, trained from the configured sources once and cached, special ids fixed
+  at 0..6 (pad, unk, bos, eos, [MASK], [CLS], [SEP]);
+- `HFTokenizer`: a Hugging Face tokenizer.json (e.g. Pythia's), special tokens found by their usual names and
+  the missing ones added after its vocabulary; the model's vocabulary may be larger than the tokenizer's.
+"""
 import io
-import os
 import time
 from collections.abc import Sequence
 
@@ -11,8 +16,13 @@ from etils import epath
 
 from headless_jax.data.cache import cache_key, write_atomically
 from headless_jax.data.errors import DataError, MissingDataError
+from headless_jax.data.hf_tokenizer import HFTokenizer
 from headless_jax.data.sources import Source, no_text_error, parse_sources
 from headless_jax.data.split import split_document
+from headless_jax.data.tokenizer_base import RUN_HF_TOKENIZER_FILE, RUN_TOKENIZER_FILE, BaseTokenizer
+
+__all__ = ["BaseTokenizer", "HFTokenizer", "RUN_HF_TOKENIZER_FILE", "RUN_TOKENIZER_FILE", "Tokenizer", "load_run_tokenizer",
+           "load_tokenizer", "tokenizer_from_file", "train_sentencepiece"]
 
 _USER_DEFINED = ("[MASK]", "[CLS]", "[SEP]")  # ids 4, 5, 6: SentencePiece numbers them after the control ids
 _MAX_SENTENCE_CHARS = 16384  # longer paragraphs are cut: SentencePiece skips over-long sentences
@@ -21,21 +31,23 @@ _TRAINER_OPTIONS = dict(
     byte_fallback=True,  # unseen characters become bytes, never <unk>
     normalization_rule_name="identity",  # with remove_extra_whitespaces=False: decode(encode(s)) == s
     remove_extra_whitespaces=False,
+    # no "▁" before the first word: a text's tokens then hold exactly its bytes, so that token_bytes() sums to
+    # len(utf-8) (bits per byte); a dummy prefix would count one byte more per text than decode() gives back
+    add_dummy_prefix=False,
     pad_id=0, unk_id=1, bos_id=2, eos_id=3,
     user_defined_symbols=",".join(_USER_DEFINED),
     max_sentence_length=4 * _MAX_SENTENCE_CHARS,  # in bytes
     num_threads=16,  # fixed: the trained model depends on the thread count, and the cache key must not
     minloglevel=2,
 )
-RUN_TOKENIZER_FILE = "tokenizer.model"  # every run keeps its tokenizer in its workdir, for downstream jobs
 _FIX = ("retrain it: leave data.tokenizer_model empty and headless_jax trains one, or train yours with "
         "pad_id=0 unk_id=1 bos_id=2 eos_id=3 user_defined_symbols=" + ",".join(_USER_DEFINED))
+# The names each special token has in the usual Hugging Face vocabularies, in order of preference; the first
+# is the one added when none is there (roles are resolved in this order, so a later role may find an added one).
 
 
-class Tokenizer:
-    """A SentencePiece model whose special tokens sit at the ids the objectives rely on."""
-    pad_id, unk_id, bos_id, eos_id, mask_id, cls_id, sep_id = range(7)
-    special_ids = tuple(range(7))
+class Tokenizer(BaseTokenizer):
+    """A SentencePiece model whose special tokens sit at the ids 0..6 the objectives rely on."""
 
     def __init__(self, model_proto: bytes, origin: str, vocab_size: int):
         """`origin` names the model in messages; `vocab_size` is the model.vocab_size it must have."""
@@ -45,19 +57,17 @@ class Tokenizer:
         except RuntimeError as e:
             raise DataError(f"{origin}: not a SentencePiece model ({e}); point data.tokenizer_model at a .model "
                             "file or leave it empty to train one") from None
+        self._set_special_ids(range(7))
         self.fingerprint = cache_key(model_proto)
         self._check_special_ids(origin)
         if self.vocab_size != vocab_size:
             raise DataError(f"{origin}: has {self.vocab_size} pieces but model.vocab_size={vocab_size}; "
                             f"set --config.model.vocab_size={self.vocab_size}")
 
-    @classmethod
-    def from_file(cls, path: epath.PathLike, vocab_size: int) -> "Tokenizer":
-        path = epath.Path(path)
-        if not path.exists():
-            raise MissingDataError(f"data.tokenizer_model: no such file {path}; fix the path, or leave it empty "
-                                   "to train a tokenizer from data.sources")
-        return cls(path.read_bytes(), str(path), vocab_size)
+    @staticmethod
+    def from_file(path: epath.PathLike, vocab_size: int) -> BaseTokenizer:
+        """tokenizer_from_file: a SentencePiece model, or a tokenizer.json as a Hugging Face tokenizer."""
+        return tokenizer_from_file(path, vocab_size)
 
     def _check_special_ids(self, origin: str) -> None:
         sp = self.processor
@@ -77,26 +87,51 @@ class Tokenizer:
         return self.processor.encode(text)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """encode() of many texts at once, on several threads."""
-        return self.processor.encode(list(texts), num_threads=os.cpu_count())
+        return self.processor.encode(list(texts), num_threads=self.threads)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.processor.decode([int(i) for i in ids])
 
+    def encode_with_offsets(self, text: str) -> list[tuple[int, int, int]]:
+        """SentencePiece's own offsets: the leading byte-fallback pieces of a character are zero-width at its
+        start, its last one spans the whole character."""
+        encoded = self.processor.encode(text, return_type="proto")
+        return [(piece.id, piece.begin, piece.end) for piece in encoded.pieces]
+
     def save_to_run(self, workdir: epath.PathLike) -> None:
-        """Writes the model to `<workdir>/tokenizer.model` (call from one process), where downstream jobs read it."""
+        """Writes the model to `<workdir>/tokenizer.model`."""
         path = epath.Path(workdir) / RUN_TOKENIZER_FILE
         proto = self.processor.serialized_model_proto()
         if not path.exists() or path.read_bytes() != proto:
             write_atomically(path, proto)
 
+    def _id_bytes(self, token_id: int) -> int:
+        sp = self.processor
+        if sp.is_control(token_id) or sp.is_unknown(token_id) or sp.is_unused(token_id):
+            return 0
+        if sp.is_byte(token_id):
+            return 1
+        return len(sp.id_to_piece(token_id).replace("▁", " ").encode("utf-8"))
 
-def load_tokenizer(config: ml_collections.ConfigDict, cache_dir: epath.PathLike) -> Tokenizer:
-    """data.tokenizer_model if set; else the tokenizer trained from data.sources, cached in `cache_dir` (and
-    trained now if not there yet)."""
+
+def tokenizer_from_file(path: epath.PathLike, vocab_size: int) -> BaseTokenizer:
+    """A `.json` file as a Hugging Face tokenizer, anything else as a SentencePiece model; `vocab_size` is
+    the model.vocab_size it must fit."""
+    path = epath.Path(path)
+    if not path.exists():
+        raise MissingDataError(f"data.tokenizer_model: no such file {path}; fix the path, or leave it empty "
+                               "to train a tokenizer from data.sources")
+    if path.suffix == ".json":
+        return HFTokenizer(path.read_text(encoding="utf-8"), str(path), vocab_size)
+    return Tokenizer(path.read_bytes(), str(path), vocab_size)
+
+
+def load_tokenizer(config: ml_collections.ConfigDict, cache_dir: epath.PathLike) -> BaseTokenizer:
+    """data.tokenizer_model if set (a tokenizer.json or a SentencePiece model); else the SentencePiece tokenizer
+    trained from data.sources, cached in `cache_dir` (and trained now if not there yet)."""
     data, vocab_size = config.data, config.model.vocab_size
     if data.tokenizer_model:
-        return Tokenizer.from_file(data.tokenizer_model, vocab_size)
+        return tokenizer_from_file(data.tokenizer_model, vocab_size)
     sources = parse_sources(data.sources)
     key = cache_key([s.fingerprint for s in sources], vocab_size, data.heldout_fraction,
                     data.tokenizer_sample_chars, _TRAINER_OPTIONS)
@@ -107,6 +142,19 @@ def load_tokenizer(config: ml_collections.ConfigDict, cache_dir: epath.PathLike)
                                                    data.tokenizer_sample_chars))
         logging.info("trained tokenizer %s in %.1f s", path, time.perf_counter() - start)
     return Tokenizer.from_file(path, vocab_size)
+
+
+def load_run_tokenizer(workdir: epath.PathLike, vocab_size: int) -> BaseTokenizer:
+    """The tokenizer a run (or a prepared store) saved in `workdir` with save_to_run."""
+    saved = [epath.Path(workdir) / name for name in (RUN_TOKENIZER_FILE, RUN_HF_TOKENIZER_FILE)]
+    present = [path for path in saved if path.exists()]
+    if not present:
+        raise MissingDataError(f"{workdir}: has no {RUN_TOKENIZER_FILE} or {RUN_HF_TOKENIZER_FILE} (a run and a "
+                               "prepared store save their tokenizer there); point at a run's workdir or a store")
+    if len(present) > 1:  # a workdir reused with the other kind of tokenizer: which one the run used is unknown
+        raise DataError(f"{workdir}: has both {RUN_TOKENIZER_FILE} and {RUN_HF_TOKENIZER_FILE}; remove the one "
+                        "the run was not trained with")
+    return tokenizer_from_file(present[0], vocab_size)
 
 
 def train_sentencepiece(sources: list[Source], vocab_size: int, heldout_fraction: float, sample_chars: int) -> bytes:

@@ -11,7 +11,7 @@ from absl import logging
 from etils import epath
 
 from headless_jax.data.errors import DataError, MissingDataError
-from headless_jax.data.sources import decode_text, open_tfds
+from headless_jax.data.readers import decode_text, open_tfds
 from headless_jax.downstream.examples import Example, TaskData
 
 Column = str | int | None  # a header name, a column index (headerless files), or None (no second sentence)

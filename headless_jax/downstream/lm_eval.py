@@ -147,6 +147,5 @@ def model_scorer(pretrained: Pretrained, layout: Layout, vocab_chunk: int) -> Sc
 
 
 def token_pieces(tokenizer: Tokenizer, text: str) -> list[tuple[int, int, int]]:
-    """(id, begin byte, end byte) of each token of `text`."""
-    encoded = tokenizer.processor.encode(text.rstrip(), return_type="proto")
-    return [(piece.id, piece.begin, piece.end) for piece in encoded.pieces]
+    """(id, begin byte, end byte) of each token of `text` (trailing whitespace dropped)."""
+    return tokenizer.encode_with_offsets(text.rstrip())

@@ -12,7 +12,7 @@ import ml_collections
 from etils import epath
 
 from headless_jax.data.errors import DataError, MissingDataError
-from headless_jax.data.sources import decode_text
+from headless_jax.data.readers import decode_text
 from headless_jax.downstream import glue
 from headless_jax.downstream.examples import Example, TaskData
 

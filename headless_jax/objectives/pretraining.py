@@ -4,10 +4,12 @@ Both tasks reduce to the same shape: hidden states o [B,S,D] at S predicted posi
 targets [B,S] (always the original tokens) and validity [B,S]. CWT scores o against E[targets] within
 negative groups; CE scores it against the vocabulary head. Same body, data and masking for both.
 """
+import math
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from headless_jax.model import embedding_matrix, routing
 from headless_jax.objectives.ce import VocabStats, cross_entropy, logits_stats, vocab_stats
@@ -81,14 +83,24 @@ def embedding_stats(params, pred: Predictions) -> VocabStats:
     return vocab_stats(o_NxD, embedding_VxD, None, pred.targets_BxS.reshape(-1), chunk)
 
 
-def build_objective(config, model, special: SpecialTokens) -> ObjectiveFn:
+def bits_per_byte(metrics: dict[str, float]) -> float | None:
+    """Σ NLL / (ln 2 · Σ bytes) of the predicted tokens, from averaged `nll` and `bytes_per_prediction` (both means
+    over the same predictions): comparable across tokenizers, where per-token loss is not."""
+    if "nll" not in metrics or not metrics.get("bytes_per_prediction"):
+        return None
+    return metrics["nll"] / (math.log(2) * metrics["bytes_per_prediction"])
+
+
+def build_objective(config, model, special: SpecialTokens, token_bytes_V: np.ndarray | None = None) -> ObjectiveFn:
     """The objective of `config` (a full experiment config) for `model` (a headless_jax LanguageModel).
 
     batch: int32 [B,L] arrays `tokens`, `segment_ids` (0 = padding) and `positions`. params: the unboxed
     `variables['params']` of the model; deterministic=True (evaluation) turns dropout off. Metrics: loss,
     cwt_loss / ce_loss, num_predictions (valid predicted positions) and accuracy, the argmax over the whole vocabulary:
     of the head logits, or for a headless model of o·Eᵀ (in training steps only with
-    objective.headless_train_accuracy: it costs the vocabulary matmul a headless model otherwise avoids).
+    objective.headless_train_accuracy: it costs the vocabulary matmul a headless model otherwise avoids), with
+    `nll`, the mean negative log-likelihood of the targets under that softmax, and given the UTF-8 bytes of
+    every token (`token_bytes_V`), `bytes_per_prediction` (see bits_per_byte).
     Routed models (model.routing) add their budget / predictor loss and `routing/...` metrics.
     The config is assumed valid (headless_jax.validate).
     """
@@ -113,6 +125,9 @@ def build_objective(config, model, special: SpecialTokens) -> ObjectiveFn:
             stats = embedding_stats(params, pred)
         if stats is not None:
             metrics["accuracy"] = weighted_mean(stats.argmax_N == targets_N, valid_N)
+            metrics["nll"] = weighted_mean(stats.logsumexp_N - stats.label_logit_N, valid_N)
+            if token_bytes_V is not None:
+                metrics["bytes_per_prediction"] = weighted_mean(jnp.asarray(token_bytes_V)[targets_N], valid_N)
         routing_loss, routing_metrics = routing.loss_and_metrics(config.model, pred.routing_stats)
         metrics.update(routing_metrics)
         loss += routing_loss

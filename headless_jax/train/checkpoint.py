@@ -38,7 +38,7 @@ class Checkpointer:
 
     def _open(self):
         self.manager = ocp.CheckpointManager(self.directory, options=self._options,
-                                             item_names=("state", "data", "config"))
+                                             item_names=("state", "data", "config", "progress"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -46,10 +46,12 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: dict, data_iterator, config: dict, force: bool = False) -> bool:
+    def save(self, step: int, state: dict, data_iterator, config: dict, progress: dict | None = None,
+             force: bool = False) -> bool:
+        """progress: JSON counters the loop keeps across resumes (e.g. tokens seen per source)."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=grain.checkpoint.CheckpointSave(data_iterator),
-                                  config=ocp.args.JsonSave(config))
+                                  config=ocp.args.JsonSave(config), progress=ocp.args.JsonSave(progress or {}))
         return self.manager.save(step, args=args, force=force)
 
     def restore_latest(self, abstract_state: dict, data_iterator) -> Restored | None:
@@ -86,6 +88,12 @@ class Checkpointer:
 
     def restored_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def restored_progress(self, step: int) -> dict:
+        """The progress counters saved with checkpoint `step` ({} for a checkpoint saved without them)."""
+        if not (self.directory / str(step) / "progress").exists():
+            return {}
+        return self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
 
     def restore_state(self, step: int, abstract_state: dict) -> dict:
         """The train state of checkpoint `step` alone (no data iterator), on `abstract_state`'s shardings."""

@@ -10,7 +10,7 @@ import ml_collections
 from etils import epath
 from flax import traverse_util
 
-from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE
+from headless_jax.data.tokenizer import RUN_HF_TOKENIZER_FILE, RUN_TOKENIZER_FILE
 from headless_jax.model import DECODER_PATH, HEAD, embedding_matrix
 
 
@@ -21,7 +21,9 @@ class InitFromError(ValueError):
 def resolve_tokenizer(config: ml_collections.ConfigDict) -> None:
     """With train.init_from and no data.tokenizer_model, this run uses the init run's own tokenizer."""
     if config.train.init_from and not config.data.tokenizer_model:
-        config.data.tokenizer_model = str(epath.Path(config.train.init_from) / RUN_TOKENIZER_FILE)
+        run = epath.Path(config.train.init_from)
+        hugging_face = (run / RUN_HF_TOKENIZER_FILE).exists() and not (run / RUN_TOKENIZER_FILE).exists()
+        config.data.tokenizer_model = str(run / (RUN_HF_TOKENIZER_FILE if hugging_face else RUN_TOKENIZER_FILE))
 
 
 def start_params(config: ml_collections.ConfigDict, fresh: dict, source_config: ml_collections.ConfigDict,
