@@ -12,7 +12,7 @@ setuptools.setup(
     description="Pretraining headless language models with Contrastive Weight Tying, in JAX/Flax.",
     packages=setuptools.find_packages(include=["headless_jax", "headless_jax.*"]),
     package_data={"headless_jax": ["corpus/*.txt.xz", "corpus/README.md"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax 0.10, flax, orbax and grain need 3.11
     install_requires=[
         f"jax=={JAX_VERSION}",
         f"jaxlib=={JAX_VERSION}",

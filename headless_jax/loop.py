@@ -18,6 +18,8 @@ from headless_jax.train import flops as flops_lib
 from headless_jax.train.checkpoint import Checkpointer
 from headless_jax.train.init_from import resolve_tokenizer
 from headless_jax.train.metrics import MetricsWriter
+from headless_jax.train.workdir_lock import WorkdirLock, WorkdirLocked
+from headless_jax.validate import ConfigError
 
 
 class NonFiniteError(FloatingPointError):
@@ -85,21 +87,74 @@ class TokensSeen:
         return {name: float(v) for name, v in zip(self.names, self.base + local)}
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: epath.Path):
+# model keys that may change when a run resumes: they change no parameter or optimiser-state shape
+RESUMABLE_MODEL_KEYS = ("dropout_rate", "attention", "remat", "dtype")
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: epath.Path, start: int) -> None:
+    """config.json: the config of the run's latest (re)start; config_history.jsonl: every (re)start's."""
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        entry = {"start_step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "config": json.loads(config.to_json_best_effort())}
+        history = workdir / "config_history.jsonl"
+        previous = history.read_text() if history.exists() else ""
+        history.write_text(previous + json.dumps(entry) + "\n")
+
+
+def check_resumable(config: ml_collections.ConfigDict, saved: dict, workdir: epath.Path) -> None:
+    """Refuses to resume a checkpoint of another model (its parameters or optimiser state would not fit), naming
+    the keys that differ and the ways out, before any work; the workdir is left as it is."""
+    now = json.loads(config.to_json_best_effort())
+    differing = [f"model.{key} ({saved['model'].get(key)!r} in the checkpoint, {now['model'][key]!r} now)"
+                 for key in sorted(now["model"]) if key not in RESUMABLE_MODEL_KEYS
+                 and saved["model"].get(key) != now["model"][key]]
+    if saved["train"].get("trainable") != now["train"]["trainable"]:
+        differing.append(f"train.trainable ({saved['train'].get('trainable')!r} in the checkpoint, "
+                         f"{now['train']['trainable']!r} now)")
+    if differing:
+        raise ConfigError(f"{workdir} holds a run of another model: {'; '.join(differing)}. Resume with the "
+                          "checkpoint's values, train this model in a new --workdir, or start it from that run's "
+                          f"parameters with --config.train.init_from={workdir}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the configured run in `workdir`; returns the final held-out metrics."""
+    experiment = build_experiment(config)  # validates the whole config first: a refused run touches nothing
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    experiment = build_experiment(config)  # validates the whole config first
+    lock = WorkdirLock(workdir)
+    _agree(lambda: lock.acquire() if jax.process_index() == 0 else None)
+    try:
+        return _train(config, workdir, experiment, lock)
+    finally:
+        if jax.process_index() == 0:
+            lock.release()
+
+
+def _agree(check) -> None:
+    """Runs `check` (which may raise) on every process; any failure is raised on all, so none waits alone."""
+    error = None
+    try:
+        check()
+    except Exception as e:  # noqa: BLE001 — re-raised below, on every process
+        error = e
+    if jax.process_count() > 1 and multihost_utils.process_allgather(np.int32(error is not None)).any():
+        raise error or WorkdirLocked("another process of this run refused the workdir (see its log)")
+    if error is not None:
+        raise error
+
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path, experiment: Experiment,
+           lock: WorkdirLock) -> dict[str, float]:
     resolve_tokenizer(config)
-    save_config(config, workdir)
     t = config.train
     checkpointer = Checkpointer(str(workdir / "checkpoints"), t.keep_checkpoints, t.permanent_every)
     latest = checkpointer.latest_step()
+    if latest is not None:
+        saved = checkpointer.newest_readable_config()
+        if saved is not None:
+            check_resumable(config, saved, workdir)
     if latest is not None and latest >= t.num_steps:
         logging.info("run in %s already finished at step %d (train.num_steps=%d); raise --config.train.num_steps "
                      "to train longer", workdir, latest, t.num_steps)
@@ -123,20 +178,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             state, start = experiment.init_state(), 0
             if t.init_from:
                 print(f"Initialised from the parameters of {t.init_from}")
+        save_config(config, workdir, start)
         eval_batches = {name: [layout.global_batch(b) for b in batches] for name, batches in eval_local_batches.items()}
         tokens_seen = TokensSeen(list(eval_batches), progress.get("tokens_seen", {}))
         results = _run(config, workdir, experiment, state, start, train_iterator, eval_batches, checkpointer,
-                       tokens_seen)
+                       tokens_seen, lock)
     checkpointer.close()
     return results
 
 
 def _run(config, workdir, experiment: Experiment, state, start, train_iterator, eval_batches, checkpointer,
-         tokens_seen: TokensSeen) -> dict[str, float]:
+         tokens_seen: TokensSeen, lock: WorkdirLock) -> dict[str, float]:
     t, layout = config.train, experiment.layout
     train_step, eval_step = experiment.train_step, experiment.eval_step
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    writer = MetricsWriter(str(workdir))
+    writer = MetricsWriter(str(workdir), resumed_at=start if start else None)
     flops_per_step = flops_lib.train_flops_per_step(config)["total"]
     peak, peak_source = flops_lib.peak_flops_per_device(t.peak_flops_per_device)
     tokens_per_step = t.global_batch_size * config.data.seq_len
@@ -166,12 +222,16 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
         values.update(flops_lib.routing_flops_metrics(config, values))
         values.update({f"tokens_seen/{name}": v for name, v in tokens_seen.totals().items()})
         writer.write(step, "train", values)
+        if is_main:
+            lock.refresh()
         bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
         if values["finite"] < 1:
             message = f"non-finite loss or gradient norm before step {step}"
             if t.nonfinite == "stop":
-                raise NonFiniteError(f"{message}; the update was not applied and the last good checkpoint "
-                                     f"(step {checkpointer.latest_step()}) is intact. Lower optim.learning_rate, "
+                latest = checkpointer.latest_step()
+                kept = ("no checkpoint was written yet" if latest is None else
+                        f"the last good checkpoint (step {latest}) is intact")
+                raise NonFiniteError(f"{message}; the update was not applied and {kept}. Lower optim.learning_rate, "
                                      "check the data, or set --config.train.nonfinite=skip to skip such updates")
             logging.warning("%s: update skipped (train.nonfinite=skip)", message)
 

@@ -32,8 +32,40 @@ CHOICES = {
 }
 
 
+# Numeric keys and the range each must lie in: (low, high, low included, high included); None: unbounded.
+RANGES = {
+    **{key: (0, None, False, None) for key in (
+        "model.vocab_size", "model.num_layers", "model.d_model", "model.num_heads", "model.head_dim", "model.mlp_dim",
+        "model.max_len", "model.norm_eps", "model.init_std", "data.seq_len", "data.shard_chars",
+        "data.tokenizer_sample_chars", "train.global_batch_size", "train.microbatches", "train.num_steps",
+        "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
+        "train.keep_checkpoints", "optim.learning_rate", "optim.eps", "objective.cwt_temperature",
+        "objective.cwt_memory_budget_mb")},
+    **{key: (0, None, True, None) for key in (
+        "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "objective.z_loss", "objective.cwt_weight",
+        "objective.ce_weight", "objective.cwt_block_size", "objective.ce_vocab_chunk", "objective.cwt_group_size",
+        "train.permanent_every", "data.worker_count", "data.mixing_alpha")},
+    **{key: (0, 1, True, False) for key in ("model.dropout_rate", "data.heldout_fraction", "optim.b1", "optim.b2")},
+    **{key: (0, 1, True, True) for key in ("optim.min_lr_ratio", "optim.decay_fraction", "model.rotary_fraction")},
+}
+
+
 class ConfigError(ValueError):
     pass
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        value = _get(config, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ConfigError(f"{key}={value!r} is not a number; set --config.{key}=...")
+        too_low = low is not None and (value < low or (value == low and not low_in))
+        too_high = high is not None and (value > high or (value == high and not high_in))
+        if too_low or too_high:
+            lower = "" if low is None else f"{'≥' if low_in else '>'} {low}"
+            upper = "" if high is None else f"{'≤' if high_in else '<'} {high}"
+            raise ConfigError(f"{key}={value} is out of range: it must be {' and '.join(filter(None, (lower, upper)))}; "
+                              f"set --config.{key}=...")
 
 
 def _get(config, dotted: str):
@@ -45,6 +77,7 @@ def _get(config, dotted: str):
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None, process_count: int = 1) -> None:
     """Raises ConfigError for the first inconsistency found. num_devices None checks the model, objective and
     data alone (a saved run restored onto another mesh), not the mesh and batch."""
+    _check_ranges(config)
     for key, allowed in CHOICES.items():
         if _get(config, key) not in allowed:
             raise ConfigError(f"{key}={_get(config, key)!r} is not one of {', '.join(allowed)}; set "

@@ -94,6 +94,13 @@ def tiny() -> ml_collections.ConfigDict:
     (lambda c: c.objective.update(mask_rate=0.001), "mask rate"),
     (lambda c: c.mesh.update(axis_rules=(("batch", "pipeline"),)), "unknown mesh axis 'pipeline'"),
     (lambda c: c.train.update(trainable="head"), "model.head='none' has no parameters of its own"),
+    (lambda c: c.train.update(num_steps=-5), r"train.num_steps=-5 is out of range: it must be > 0"),
+    (lambda c: c.optim.update(learning_rate=-1.0), r"optim.learning_rate=-1.0 is out of range: it must be > 0"),
+    (lambda c: c.train.update(eval_every=0), r"train.eval_every=0 is out of range"),
+    (lambda c: c.train.update(checkpoint_every=0), r"train.checkpoint_every=0 is out of range"),
+    (lambda c: c.train.update(global_batch_size=0), r"train.global_batch_size=0 is out of range"),
+    (lambda c: c.data.update(heldout_fraction=1.0), r"data.heldout_fraction=1.0 .* must be ≥ 0 and < 1"),
+    (lambda c: c.optim.update(b2=float("nan")), r"optim.b2=nan is not a number"),
 ])
 def test_config_errors_name_the_fix(change, message):
     config = tiny()

@@ -72,7 +72,7 @@ def test_data_from_and_caches_in_gs_match_local_ones(fake_gcs, tmp_path):
 
 @pytest.mark.parametrize("rewrite_every_s", [0.0, metrics_lib.REWRITE_EVERY_S])  # at each write | at close
 def test_metrics_jsonl_in_gs_keeps_the_lines_of_earlier_runs(fake_gcs, monkeypatch, rewrite_every_s):
-    monkeypatch.setattr(metrics_lib, "SummaryWriter", lambda logdir: _NullSummaryWriter())  # needs real GCS
+    monkeypatch.setattr(metrics_lib, "SummaryWriter", lambda logdir, purge_step=None: _NullSummaryWriter())  # real GCS
     monkeypatch.setattr(metrics_lib, "REWRITE_EVERY_S", rewrite_every_s)
     for step in (1, 2):  # a run, then its resumption
         writer = metrics_lib.MetricsWriter("gs://bucket/run")

@@ -1,24 +1,19 @@
 """A non-finite loss stops the run (or skips the update) and never touches the last good checkpoint."""
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from headless_jax import experiment, loop
-from headless_jax.data import book_names, read_book
 from headless_jax.train.checkpoint import Checkpointer
 from tests.test_resume import assert_same_params, final_params
-from tests.train_helpers import tiny_config
+from tests.train_helpers import text_run_config
 
 
 @pytest.fixture
 def config(tmp_path):
-    (tmp_path / "book.txt").write_text(read_book(book_names()[1])[:40_000])
-    c = tiny_config("clm", "cwt", batch=8)
-    c.model.vocab_size = 512
-    c.objective.cwt_group_size = 1
-    c.data.update(sources=f"text:{tmp_path}/book.txt", cache_dir=str(tmp_path / "cache"))
-    c.train.update(num_steps=6, checkpoint_every=3, eval_every=1000, eval_batches=1, log_every=1)
-    return c
+    return text_run_config(tmp_path, book=1, steps=6, checkpoint_every=3)
 
 
 def poison(monkeypatch):
@@ -55,4 +50,13 @@ def test_nan_with_skip_keeps_training_without_applying_updates(config, tmp_path,
     config.train.update(num_steps=9, nonfinite="skip")
     loop.train(config, str(workdir))
     assert_same_params(final_params(workdir, step=9), good)  # every poisoned update was skipped
+    logged = [json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))
+              for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "train" and r["step"] > 6 and r["loss"] is None for r in logged)  # NaN as null
     assert not np.isnan(np.asarray(jax.tree.leaves(final_params(workdir, step=9))[0])).any()
+
+
+def test_nan_on_a_fresh_run_says_no_checkpoint_exists(config, tmp_path, monkeypatch):
+    poison(monkeypatch)
+    with pytest.raises(loop.NonFiniteError, match="the update was not applied and no checkpoint was written yet"):
+        loop.train(config, str(tmp_path / "run"))

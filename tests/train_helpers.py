@@ -5,6 +5,7 @@ import numpy as np
 import optax
 
 from headless_jax.config import base_config
+from headless_jax.data import book_names, read_book
 from headless_jax.experiment import build_experiment
 
 VOCAB, SEQ_LEN = 64, 16
@@ -39,3 +40,15 @@ def run_steps(config, batches, devices=None, optimizer: optax.GradientTransforma
             state, metrics = experiment.train_step(state, experiment.layout.global_batch(batch))
             losses.append(float(metrics["loss"]))
         return np.array(losses), jax.device_get(state["params"]), state
+
+
+def text_run_config(tmp_path, book: int, steps: int, checkpoint_every: int) -> ml_collections.ConfigDict:
+    """A tiny CLM trained on 40k characters of a bundled novel, caching under tmp_path: the in-process runs of
+    the fault tests."""
+    (tmp_path / "book.txt").write_text(read_book(book_names()[book])[:40_000])
+    c = tiny_config("clm", "cwt", batch=8)
+    c.model.vocab_size = 512
+    c.objective.cwt_group_size = 1
+    c.data.update(sources=f"text:{tmp_path}/book.txt", cache_dir=str(tmp_path / "cache"))
+    c.train.update(num_steps=steps, checkpoint_every=checkpoint_every, eval_every=1000, eval_batches=1, log_every=1)
+    return c

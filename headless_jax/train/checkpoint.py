@@ -86,6 +86,15 @@ class Checkpointer:
         data_iterator.set_state(json.loads(saved[0].read_text()))
         data_iterator.start_prefetch()
 
+    def newest_readable_config(self) -> dict | None:
+        """The config saved with the newest checkpoint whose config reads (None if none does)."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return self.restored_config(step)
+            except Exception:  # noqa: BLE001 — an unreadable checkpoint is judged by restore_latest, not here
+                continue
+        return None
+
     def restored_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 

@@ -1,5 +1,6 @@
 """Metrics out: TensorBoard event files and `metrics.jsonl` in the workdir (process 0 only)."""
 import json
+import math
 import time
 
 import jax
@@ -10,11 +11,19 @@ REWRITE_EVERY_S = 60.0  # gs:// metrics.jsonl: rewritten whole at most this ofte
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str):
+    """resumed_at: the checkpoint step a resumed run starts from; what an interrupted run logged after it (and
+    logs again now) is cut from metrics.jsonl and purged from TensorBoard, so that no step appears twice."""
+
+    def __init__(self, workdir: str, resumed_at: int | None = None):
         self.enabled = jax.process_index() == 0
         if self.enabled:
-            self._tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))  # gs:// works too
+            purge = None if resumed_at is None else resumed_at + 1
+            self._tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"), purge_step=purge)  # gs:// too
             self._jsonl_path = epath.Path(workdir) / "metrics.jsonl"
+            if resumed_at is not None and self._jsonl_path.exists():
+                kept = [line for line in self._jsonl_path.read_text().splitlines(keepends=True)
+                        if line.strip() and json.loads(line)["step"] <= resumed_at]
+                self._jsonl_path.write_text("".join(kept))
             # gs:// objects cannot be appended to (gcsfs silently overwrites) and show nothing before close: there
             # the file is rewritten whole, at most every REWRITE_EVERY_S so that the uploads stay off the step
             self._rewrite = "://" in str(self._jsonl_path)
@@ -29,7 +38,9 @@ class MetricsWriter:
             return
         for name, value in metrics.items():
             self._tensorboard.add_scalar(f"{split}/{name}", value, step)
-        line = json.dumps({"step": step, "split": split, **metrics}) + "\n"
+        # strict JSON: a non-finite value is null (bare NaN is refused by strict readers)
+        finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
+        line = json.dumps({"step": step, "split": split, **finite}, allow_nan=False) + "\n"
         if self._rewrite:
             self._lines.append(line)
             self._unwritten = True

@@ -1,0 +1,89 @@
+"""One run per workdir: `<workdir>/run.lock` names the holder (host, pid) and is refreshed while it trains.
+
+What it relies on: the lock file is created with O_CREAT | O_EXCL, which is atomic on local disks and on NFS v3+;
+on object stores (gs://), where there is no exclusive create, it is written and read back, which leaves a
+window of a few milliseconds in which two runs started at once could both pass. A holder that crashed leaves
+the file behind: on the same host the lock is taken over when its pid is gone; from another host, when its
+heartbeat (refreshed at every log step and checkpoint) is older than `stale_after_s`.
+"""
+import json
+import os
+import socket
+import time
+
+from etils import epath
+
+LOCK_FILE = "run.lock"
+
+
+class WorkdirLocked(RuntimeError):
+    """Another live run holds the workdir; the message names it and the way out."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class WorkdirLock:
+    def __init__(self, workdir: epath.PathLike, stale_after_s: float = 600.0):
+        self.path = epath.Path(workdir) / LOCK_FILE
+        self.stale_after_s = stale_after_s
+        self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def acquire(self) -> None:
+        """Takes the lock, or raises WorkdirLocked naming the live holder; a stale lock is taken over."""
+        holder = self._holder()
+        if holder is not None and not self._mine(holder):
+            if not self._stale(holder):
+                raise WorkdirLocked(f"{self.path.parent} is in use by the run of pid {holder['pid']} on host "
+                                    f"{holder['host']} (heartbeat {time.time() - holder['heartbeat']:.0f} s ago); "
+                                    "wait for it, stop it (SIGTERM saves a checkpoint), or use another --workdir")
+            self.path.unlink()  # its holder crashed
+        if holder is None or not self._mine(holder):
+            self._create()
+        if not self._mine(self._holder()):  # an object store: another run wrote in between
+            raise WorkdirLocked(f"{self.path.parent}: another run took the lock as this one started; use another "
+                                "--workdir or wait for it")
+
+    def refresh(self) -> None:
+        """The heartbeat: proof to other hosts that the holder is alive."""
+        self.path.write_bytes(self._contents())
+
+    def release(self) -> None:
+        if self._mine(self._holder()):
+            self.path.unlink()
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _mine(self, holder: dict | None) -> bool:
+        return holder is not None and (holder.get("host"), holder.get("pid")) == (self.me["host"], self.me["pid"])
+
+    def _stale(self, holder: dict) -> bool:
+        if holder.get("host") == self.me["host"]:
+            return not _pid_alive(int(holder["pid"]))
+        return time.time() - float(holder.get("heartbeat", 0.0)) > self.stale_after_s
+
+    def _contents(self) -> bytes:
+        return json.dumps(dict(self.me, heartbeat=time.time())).encode()
+
+    def _create(self) -> None:
+        if "://" in str(self.path):  # no exclusive create on object stores: write, then read back (acquire)
+            self.path.write_bytes(self._contents())
+            return
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise WorkdirLocked(f"{self.path.parent}: another run took the lock as this one started; use another "
+                                "--workdir or wait for it") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._contents())
