@@ -21,7 +21,7 @@ import optax
 from etils import epath
 
 from headless_jax.data.errors import MissingDataError
-from headless_jax.data.tokenizer import BaseTokenizer as Tokenizer
+from headless_jax.data.tokenizer import BaseTokenizer
 from headless_jax.data.tokenizer import load_run_tokenizer, tokenizer_from_file
 from headless_jax.model import LanguageModel
 from headless_jax.objectives import ObjectiveFn, SpecialTokens, build_objective
@@ -163,7 +163,7 @@ class Pretrained:
     config: ml_collections.ConfigDict  # the run's full experiment config
     experiment: Experiment
     params: dict
-    tokenizer: Tokenizer
+    tokenizer: BaseTokenizer
     step: int
 
     @property
@@ -222,7 +222,7 @@ def _check_kind(config: ml_collections.ConfigDict, causal: bool | None, workdir:
                           f"{kinds[causal]}; point --config.pretrained at such a run")
 
 
-def _run_tokenizer(workdir: epath.Path, vocab_size: int, tokenizer_model: str) -> Tokenizer:
+def _run_tokenizer(workdir: epath.Path, vocab_size: int, tokenizer_model: str) -> BaseTokenizer:
     try:
         run_tokenizer = load_run_tokenizer(workdir, vocab_size)
     except MissingDataError as error:

@@ -68,7 +68,7 @@ def train_iterator(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cach
     ids = mixed_row_ids([len(rows) for rows in sources], config.data.mixing_alpha, config.seed, weights)
     # global batch s is local batches s·P .. s·P + P-1 of the id stream: this process takes every P-th
     local_ids = ids.batch(local_batch_size, drop_remainder=True).slice(slice(process_index, None, process_count))
-    dataset = local_ids.map(functools.partial(_read_rows, sources)).to_iter_dataset(_READ_OPTIONS)
+    dataset = local_ids.map(functools.partial(_read_rows, dict(enumerate(sources)))).to_iter_dataset(_READ_OPTIONS)
     if config.data.worker_count > 0:
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.worker_count))
     return iter(dataset)
@@ -91,8 +91,7 @@ def eval_batches(config: ml_collections.ConfigDict, tokenizer: Tokenizer, cache_
         sources_NxB = np.full((num_batches, wanted // num_batches), index)
         local = [process_rows({"source": s, "row": r}, process_index, process_count)
                  for s, r in zip(sources_NxB, picked.reshape(num_batches, -1))]
-        only = [rows if i == index else None for i in range(index + 1)]
-        batches[source.name] = [_read_rows(only, (ids["source"], ids["row"])) for ids in local]
+        batches[source.name] = [_read_rows({index: rows}, (ids["source"], ids["row"])) for ids in local]
     return batches
 
 
@@ -190,13 +189,13 @@ def _tag_with_source(source: int, row: int) -> tuple[int, int]:
     return source, row
 
 
-def _read_rows(sources: list[PackedRows | None], ids: tuple[np.ndarray, np.ndarray]) -> Batch:
-    """The rows `ids` = (source_b, row_b) as one batch (None: a source none of the ids names)."""
+def _read_rows(sources: dict[int, PackedRows], ids: tuple[np.ndarray, np.ndarray]) -> Batch:
+    """The rows `ids` = (source_b, row_b) as one batch; `sources`: the rows of each source the ids name, by index."""
     source_b, row_b = ids
     batch = {"source_ids": np.asarray(source_b, np.int32)}
-    for source, rows in enumerate(sources):
+    for source, rows in sources.items():
         from_source = source_b == source
-        if rows is None or not from_source.any():
+        if not from_source.any():
             continue
         for name, values in rows.read(row_b[from_source]).items():
             batch.setdefault(name, np.zeros((len(row_b), rows.seq_len), np.int32))[from_source] = values

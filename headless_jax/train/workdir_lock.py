@@ -4,7 +4,7 @@ What it relies on: the lock file is created with O_CREAT | O_EXCL, which is atom
 on object stores (gs://), where there is no exclusive create, it is written and read back, which leaves a
 window of a few milliseconds in which two runs started at once could both pass. A holder that crashed leaves
 the file behind: on the same host the lock is taken over when its pid is gone; from another host, when its
-heartbeat (refreshed at every log step and checkpoint) is older than `stale_after_s`.
+heartbeat (refreshed at log steps, at most once a minute) is older than `stale_after_s`.
 """
 import json
 import os
@@ -35,6 +35,7 @@ class WorkdirLock:
         self.path = epath.Path(workdir) / LOCK_FILE
         self.stale_after_s = stale_after_s
         self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._refreshed_at = time.monotonic()
 
     def acquire(self) -> None:
         """Takes the lock, or raises WorkdirLocked naming the live holder; a stale lock is taken over."""
@@ -51,9 +52,12 @@ class WorkdirLock:
             raise WorkdirLocked(f"{self.path.parent}: another run took the lock as this one started; use another "
                                 "--workdir or wait for it")
 
-    def refresh(self) -> None:
-        """The heartbeat: proof to other hosts that the holder is alive."""
-        self.path.write_bytes(self._contents())
+    def refresh(self, every_s: float = 60.0) -> None:
+        """The heartbeat, proof to other hosts that the holder is alive: rewritten at most every `every_s`
+        (object stores rate-limit writes to one object)."""
+        if time.monotonic() - self._refreshed_at >= every_s:
+            self.path.write_bytes(self._contents())
+            self._refreshed_at = time.monotonic()
 
     def release(self) -> None:
         if self._mine(self._holder()):
