@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 3
     t.permanent_every = 0  # >0: keep every checkpoint at a multiple of this, forever
     t.nonfinite = "stop"  # stop | skip: what a non-finite loss or gradient norm does
+    t.nonfinite_skip_limit = 20  # skip: stop once more than this many updates in a row were non-finite
     t.peak_flops_per_device = 0.0  # 0: look up the device in headless_jax.train.flops
     t.init_from = ""  # workdir of a run whose params start this one (a missing vocabulary head starts as a copy of E)
     t.trainable = "all"  # all | head (a probe: the body is frozen, only the vocabulary head trains)
@@ -163,3 +164,19 @@ def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigD
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(*args)
+
+
+def saved_config(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved with a checkpoint, completed with `base_config()`'s defaults for the keys added since it was
+    saved. (So a new key's default must be the behaviour runs had before it existed.)"""
+    config = ml_collections.ConfigDict(saved)
+    _add_missing(config, base_config())
+    return config
+
+
+def _add_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+    for key, default in defaults.items():
+        if key not in config:
+            config[key] = default
+        elif isinstance(default, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+            _add_missing(config[key], default)

@@ -6,10 +6,10 @@ The config's `kind` picks the job (see RUNNERS); results, checkpoints and logs g
 import importlib
 import json
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from headless_jax import distributed
+from headless_jax import command, distributed
 
 # kind -> "module:function"; the function takes (config, workdir) and returns the results it wrote.
 RUNNERS: dict[str, str] = {
@@ -34,10 +34,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     distributed.initialize(config.distributed)
-    logging.set_verbosity(logging.WARNING)
     results = runner(config.kind)(config, _WORKDIR.value)
     print(json.dumps(results, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command.run(main, "evaluate", "workdir")

@@ -11,6 +11,7 @@ take their pieces from an `Experiment`; none of them wires model, objective, opt
 """
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -20,12 +21,13 @@ import ml_collections
 import optax
 from etils import epath
 
+from headless_jax.config import saved_config
 from headless_jax.data.errors import MissingDataError
 from headless_jax.data.tokenizer import BaseTokenizer
 from headless_jax.data.tokenizer import load_run_tokenizer, tokenizer_from_file
 from headless_jax.model import LanguageModel
 from headless_jax.objectives import ObjectiveFn, SpecialTokens, build_objective
-from headless_jax.train.checkpoint import Checkpointer, orbax_directory
+from headless_jax.train.checkpoint import Checkpointer, DamagedCheckpoint, orbax_directory
 from headless_jax.train.init_from import InitFromError, start_params
 from headless_jax.train.layout import Layout
 from headless_jax.train.optim import train_optimizer
@@ -199,18 +201,32 @@ def load_pretrained(workdir: str, layout: Layout, step: int = 0, tokenizer_model
         steps = checkpointer.all_steps()
         if not steps:
             raise PretrainedError(f"pretrained={workdir}: checkpoints/ holds no checkpoint yet; train longer")
-        step = step or max(steps)
-        if step not in steps:
+        if step and step not in steps:
             raise PretrainedError(f"pretrained_step={step}: {directory} holds steps {steps}; pick one, or 0 for the "
                                   "latest")
-        config = ml_collections.ConfigDict(checkpointer.restored_config(step))
-        _check_kind(config, causal, workdir)
-        tokenizer = _run_tokenizer(workdir, config.model.vocab_size, tokenizer_model)
-        experiment = build_experiment(config, layout=layout).with_tokenizer(tokenizer)
-        with layout.active():
-            state = checkpointer.restore_state(step, experiment.abstract_state)  # the saved moments too
+        damaged = []
+        for candidate in [step] if step else sorted(steps, reverse=True):
+            try:
+                return _restore_pretrained(checkpointer, candidate, workdir, layout, tokenizer_model, causal)
+            except DamagedCheckpoint as error:
+                if not step:
+                    logging.warning("pretrained=%s: %s; trying an older one", workdir, error)
+                damaged.append(str(error))
+        intact = "pick an intact --config.pretrained_step, or 0 for the newest intact one" if step else (
+            "resume its training (it sets damaged checkpoints aside) or restore them from a backup")
+        raise PretrainedError(f"pretrained={workdir}: {'; '.join(damaged)}. No intact checkpoint to use: {intact}")
     finally:
         checkpointer.close()
+
+
+def _restore_pretrained(checkpointer: Checkpointer, step: int, workdir: epath.Path, layout: Layout,
+                        tokenizer_model: str, causal: bool | None) -> Pretrained:
+    config = saved_config(checkpointer.restored_config(step))
+    _check_kind(config, causal, workdir)
+    tokenizer = _run_tokenizer(workdir, config.model.vocab_size, tokenizer_model)
+    experiment = build_experiment(config, layout=layout).with_tokenizer(tokenizer)
+    with layout.active():
+        state = checkpointer.restore_state(step, experiment.abstract_state)  # the saved moments too
     return Pretrained(config, experiment, state["params"], tokenizer, step)
 
 

@@ -12,18 +12,23 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from headless_jax import data as data_lib
+from headless_jax import logs
 from headless_jax.experiment import Experiment, build_experiment
 from headless_jax.objectives import bits_per_byte
 from headless_jax.train import flops as flops_lib
 from headless_jax.train.checkpoint import Checkpointer
 from headless_jax.train.init_from import resolve_tokenizer
 from headless_jax.train.metrics import MetricsWriter
-from headless_jax.train.workdir_lock import WorkdirLock, WorkdirLocked
+from headless_jax.train.workdir_lock import WorkdirLock, WorkdirLocked, usable_workdir
 from headless_jax.validate import ConfigError
 
 
 class NonFiniteError(FloatingPointError):
     pass
+
+
+class Preempted(Exception):
+    """Raised once a SIGTERM'd run has saved its checkpoint and closed everything; the message says how to resume."""
 
 
 class Preemption:
@@ -121,8 +126,7 @@ def check_resumable(config: ml_collections.ConfigDict, saved: dict, workdir: epa
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the configured run in `workdir`; returns the final held-out metrics."""
     experiment = build_experiment(config)  # validates the whole config first: a refused run touches nothing
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = usable_workdir(workdir)
     lock = WorkdirLock(workdir)
     _agree(lambda: lock.acquire() if jax.process_index() == 0 else None)
     try:
@@ -156,12 +160,15 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, experiment: E
         if saved is not None:
             check_resumable(config, saved, workdir)
     if latest is not None and latest >= t.num_steps:
-        logging.info("run in %s already finished at step %d (train.num_steps=%d); raise --config.train.num_steps "
-                     "to train longer", workdir, latest, t.num_steps)
-        print(f"Run already finished at step {latest} in {workdir}; nothing to do.")
-        checkpointer.close()
-        return {}
+        with experiment.layout.active():  # a finished run's last checkpoint is checked too (it is what others use)
+            latest = checkpointer.newest_intact_step(experiment.abstract_state)
+        if latest is not None and latest >= t.num_steps:
+            print(f"Run already finished at step {latest} in {workdir}; nothing to do (raise "
+                  "--config.train.num_steps to train longer).")
+            checkpointer.close()
+            return {}
 
+    logs.to_file(str(workdir), "train", jax.process_index())  # the run goes ahead: a refused one leaves no log
     tokenizer, train_iterator, eval_local_batches = data_lib.build_data(config, str(workdir))
     if jax.process_index() == 0:
         tokenizer.save_to_run(workdir)
@@ -181,14 +188,18 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, experiment: E
         save_config(config, workdir, start)
         eval_batches = {name: [layout.global_batch(b) for b in batches] for name, batches in eval_local_batches.items()}
         tokens_seen = TokensSeen(list(eval_batches), progress.get("tokens_seen", {}))
-        results = _run(config, workdir, experiment, state, start, train_iterator, eval_batches, checkpointer,
-                       tokens_seen, lock)
+        results, preempted_at = _run(config, workdir, experiment, state, start, train_iterator, eval_batches,
+                                     checkpointer, tokens_seen, lock)
     checkpointer.close()
+    if preempted_at is not None:
+        raise Preempted(f"saved the checkpoint at step {preempted_at} in {workdir}; run the same command again to "
+                        "resume")
     return results
 
 
 def _run(config, workdir, experiment: Experiment, state, start, train_iterator, eval_batches, checkpointer,
-         tokens_seen: TokensSeen, lock: WorkdirLock) -> dict[str, float]:
+         tokens_seen: TokensSeen, lock: WorkdirLock) -> tuple[dict[str, float], int | None]:
+    """Trains from `start`; returns the last held-out metrics and the step saved on preemption (None if none)."""
     t, layout = config.train, experiment.layout
     train_step, eval_step = experiment.train_step, experiment.eval_step
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
@@ -205,10 +216,11 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
     bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
     pending, last_report = [], (start, time.perf_counter())
     results: dict[str, float] = {}
+    skipped_in_a_row = 0  # non-finite updates since the last finite one
 
     def report(step: int):
         """Reads the metrics of steps already finished; called after the next step was dispatched."""
-        nonlocal pending, last_report
+        nonlocal pending, last_report, skipped_in_a_row
         if not pending:
             return
         fetched = jax.device_get(pending)
@@ -225,14 +237,22 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
         if is_main:
             lock.refresh()
         bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_second']:.0f}")
+        for m in fetched:
+            skipped_in_a_row = 0 if float(m["finite"]) else skipped_in_a_row + 1
         if values["finite"] < 1:
             message = f"non-finite loss or gradient norm before step {step}"
-            if t.nonfinite == "stop":
+            if t.nonfinite == "stop" or skipped_in_a_row > t.nonfinite_skip_limit:
                 latest = checkpointer.latest_step()
                 kept = ("no checkpoint was written yet" if latest is None else
                         f"the last good checkpoint (step {latest}) is intact")
+                if t.nonfinite == "stop":
+                    advice = "or set --config.train.nonfinite=skip to skip such updates"
+                else:
+                    message += (f" ({skipped_in_a_row} updates in a row, more than "
+                                f"train.nonfinite_skip_limit={t.nonfinite_skip_limit}: the run has diverged)")
+                    advice = "or resume with a higher --config.train.nonfinite_skip_limit"
                 raise NonFiniteError(f"{message}; the update was not applied and {kept}. Lower optim.learning_rate, "
-                                     "check the data, or set --config.train.nonfinite=skip to skip such updates")
+                                     f"check the data, {advice}")
             logging.warning("%s: update skipped (train.nonfinite=skip)", message)
 
     try:
@@ -244,6 +264,8 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
             if report_due:
                 report(step)  # the steps before this one, while this one runs
             pending.append(metrics)
+            if len(pending) > 1:  # the host stays one step ahead: a SIGTERM is acted on after the next step
+                jax.block_until_ready(pending[-2])
             bar.update(1)
             done = step + 1
             stopping = preemption.reached(done)
@@ -259,12 +281,11 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
                 checkpointer.save(done, state, train_iterator, config_dict, {"tokens_seen": tokens_seen.totals()},
                                   force=True)
             if stopping:
-                print(f"Preempted: saved the checkpoint at step {done}; re-run the same command to resume")
-                break
+                return results, done
         report(t.num_steps)
     finally:
         bar.close()
         writer.close()
         preemption.restore()
         checkpointer.wait()
-    return results
+    return results, None

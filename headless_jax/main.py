@@ -3,10 +3,10 @@
 Trains the configured model, evaluating and checkpointing as it goes; re-running the same command in the
 same workdir resumes from the latest checkpoint.
 """
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from headless_jax import distributed
+from headless_jax import command, distributed
 from headless_jax.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
@@ -19,9 +19,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     distributed.initialize(config.distributed)
-    logging.set_verbosity(logging.WARNING)
     train(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command.run(main, "main", "workdir")

@@ -13,11 +13,11 @@ import time
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from headless_jax import distributed
+from headless_jax import command, distributed
 from headless_jax.data import DataError, TokenStore, load_tokenizer, manifest, parse_sources
 from headless_jax.data.tokenizer import load_run_tokenizer
 from headless_jax.validate import validate_config
@@ -93,7 +93,6 @@ if __name__ == "__main__":  # flags only for the command: importing `prepare` de
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        logging.set_verbosity(logging.WARNING)
         worker, workers = ((_WORKER.value, _WORKERS.value) if _WORKERS.value > 0 else
                            worker_from_cluster(_CONFIG.value))
         worker = max(worker, 0)
@@ -105,4 +104,4 @@ if __name__ == "__main__":  # flags only for the command: importing `prepare` de
         print(f"worker {worker} of {workers}: {report['shards_written']} shards in {report['seconds']:.1f} s; "
               f"store {state}")
 
-    app.run(main)
+    command.run(main, "prepare", "out")

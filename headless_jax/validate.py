@@ -44,7 +44,7 @@ RANGES = {
     **{key: (0, None, True, None) for key in (
         "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "objective.z_loss", "objective.cwt_weight",
         "objective.ce_weight", "objective.cwt_block_size", "objective.ce_vocab_chunk", "objective.cwt_group_size",
-        "train.permanent_every", "data.worker_count", "data.mixing_alpha")},
+        "train.permanent_every", "train.nonfinite_skip_limit", "data.worker_count", "data.mixing_alpha")},
     **{key: (0, 1, True, False) for key in ("model.dropout_rate", "data.heldout_fraction", "optim.b1", "optim.b2")},
     **{key: (0, 1, True, True) for key in ("optim.min_lr_ratio", "optim.decay_fraction", "model.rotary_fraction")},
 }

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from headless_jax.command import EXIT_FAILED, EXIT_PREEMPTED
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh"))
@@ -387,7 +389,7 @@ print("ARGV " + json.dumps(sys.argv[1:]), flush=True)
 print("JAX_LOCAL_DEVICE_IDS=" + os.environ.get("JAX_LOCAL_DEVICE_IDS", ""), flush=True)
 def on_term(*_):
     print("SIGTERM: checkpoint saved", flush=True)
-    sys.exit(0)
+    sys.exit(int(os.environ.get("FAKE_TERM_EXIT", "75")))  # the real main's EXIT_PREEMPTED
 if not os.environ.get("FAKE_IGNORE_TERM"):
     signal.signal(signal.SIGTERM, on_term)
 else:
@@ -513,9 +515,12 @@ def fake_slurm(tmp_path, worker):
     return env, tmp_path / "scontrol.txt", worker.home / "headless_jax"
 
 
-@pytest.mark.parametrize("sig,requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
-def test_sbatch_forwards_signals_and_requeues(fake_slurm, tmp_path, sig, requeued):
+@pytest.mark.parametrize("sig,run_exit,requeued", [(signal.SIGUSR1, EXIT_PREEMPTED, True),
+                                                   (signal.SIGTERM, EXIT_PREEMPTED, False),
+                                                   (signal.SIGUSR1, EXIT_FAILED, False)])
+def test_sbatch_forwards_signals_and_requeues_only_a_preempted_run(fake_slurm, tmp_path, sig, run_exit, requeued):
     env, scontrol_log, cwd = fake_slurm
+    env = dict(env, FAKE_TERM_EXIT=str(run_exit))
     out = tmp_path / "job.out"
     with open(out, "w") as f:
         job = subprocess.Popen(["bash", str(SBATCH), "configs/base.py", "/shared/runs/exp", "--config.seed=1"],
@@ -529,7 +534,7 @@ def test_sbatch_forwards_signals_and_requeues(fake_slurm, tmp_path, sig, requeue
         if sig == signal.SIGTERM:  # SLURM signals the run itself on scancel and preemption
             pid = int(subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()[0])
             os.kill(pid, signal.SIGTERM)
-        assert job.wait(timeout=20) == 0
+        assert job.wait(timeout=20) == run_exit
     finally:
         if job.poll() is None:
             job.kill()

@@ -7,7 +7,7 @@ import pytest
 
 from headless_jax import experiment, loop
 from headless_jax.train.checkpoint import Checkpointer
-from tests.test_resume import assert_same_params, final_params
+from tests.main_runs import assert_same_params, final_params
 from tests.train_helpers import text_run_config
 
 
@@ -60,3 +60,17 @@ def test_nan_on_a_fresh_run_says_no_checkpoint_exists(config, tmp_path, monkeypa
     poison(monkeypatch)
     with pytest.raises(loop.NonFiniteError, match="the update was not applied and no checkpoint was written yet"):
         loop.train(config, str(tmp_path / "run"))
+
+
+def test_skipping_stops_once_too_many_updates_in_a_row_were_non_finite(config, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    loop.train(config, str(workdir))
+    good = final_params(workdir, step=6)
+    poison(monkeypatch)
+    config.train.update(num_steps=30, nonfinite="skip", nonfinite_skip_limit=2, log_every=1, checkpoint_every=1)
+    with pytest.raises(loop.NonFiniteError, match=r"\(3 updates in a row, more than train.nonfinite_skip_limit=2: "
+                                                  r"the run has diverged\).*last good checkpoint \(step 8\)"):
+        loop.train(config, str(workdir))
+    # the two skipped steps were checkpointed (their updates were not applied), the third was refused
+    assert Checkpointer(str(workdir / "checkpoints"), keep=3).latest_step() == 8
+    assert_same_params(final_params(workdir, step=8), good)

@@ -95,3 +95,27 @@ def test_a_second_run_on_a_live_workdir_is_refused_naming_the_holder(config, tmp
     loop.train(config, str(workdir))  # takes the stale lock over, trains, releases it
     assert not (workdir / LOCK_FILE).exists()
     assert Checkpointer(str(workdir / "checkpoints"), keep=3).latest_step() == 4
+
+
+def test_sigterm_is_acted_on_after_the_step_it_arrives_in(config, tmp_path, monkeypatch):
+    """Whatever the logging interval: the checkpoint is of the step during which SIGTERM arrived."""
+    import os
+    import signal
+
+    add = loop.TokensSeen.add
+    calls = []
+
+    def add_and_signal_at_the_fifth_step(self, local_batch):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        add(self, local_batch)
+
+    monkeypatch.setattr(loop.TokensSeen, "add", add_and_signal_at_the_fifth_step)
+    before = signal.getsignal(signal.SIGTERM)
+    config.train.update(num_steps=40, log_every=1000, checkpoint_every=1000, eval_every=1000)
+    workdir = tmp_path / "run"
+    with pytest.raises(loop.Preempted, match="saved the checkpoint at step 5 in .*run the same command again"):
+        loop.train(config, str(workdir))
+    assert Checkpointer(str(workdir / "checkpoints"), keep=3).all_steps() == [5]
+    assert signal.getsignal(signal.SIGTERM) == before  # the run's handler is gone with it

@@ -16,8 +16,29 @@ from etils import epath
 LOCK_FILE = "run.lock"
 
 
-class WorkdirLocked(RuntimeError):
+class WorkdirError(RuntimeError):
+    """A workdir that cannot hold this run; the message names the fix."""
+
+
+class WorkdirLocked(WorkdirError):
     """Another live run holds the workdir; the message names it and the way out."""
+
+
+def usable_workdir(workdir: str) -> epath.Path:
+    """`workdir` as a directory this process can write (created if missing), or WorkdirError naming the fix."""
+    path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"--workdir={workdir} is a file, not a directory; give a directory (it is created if "
+                           "missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test.{socket.gethostname()}.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise WorkdirError(f"--workdir={workdir} cannot be written ({error.strerror or error}); give a directory "
+                           "this user can create and write") from None
+    return path
 
 
 def _pid_alive(pid: int) -> bool:
