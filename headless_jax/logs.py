@@ -85,14 +85,21 @@ def log_path() -> str | None:
     return _file_handler.baseFilename if _file_handler else None
 
 
+def local_directory(directory: str) -> str:
+    """Where files that only a local path can hold go for `directory`: itself, or for a remote one (gs://…) its
+    mirror under the local temporary directory."""
+    if "://" not in directory:
+        return directory
+    return os.path.join(os.environ.get("TMPDIR", "/tmp"), "headless_jax", directory.split("://", 1)[1])
+
+
 def to_file(directory: str, command: str, process_index: int = 0) -> str:
     """Streams every record to `<directory>/logs/<command>.process_<i>.log` (appended; the records kept so far
     first). A remote `directory` (gs://…) logs to the local temporary directory instead. Returns the path."""
     global _file_handler
     if _file_handler is not None:
         return _file_handler.baseFilename
-    if "://" in directory:
-        directory = os.path.join(os.environ.get("TMPDIR", "/tmp"), "headless_jax", directory.split("://", 1)[1])
+    directory = local_directory(directory)
     os.makedirs(os.path.join(directory, "logs"), exist_ok=True)
     _file_handler = _LogFile(os.path.join(directory, "logs", f"{command}.process_{process_index}.log"))
     _file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d] "

@@ -17,8 +17,10 @@ from headless_jax.experiment import Experiment, build_experiment
 from headless_jax.objectives import bits_per_byte
 from headless_jax.train import flops as flops_lib
 from headless_jax.train.checkpoint import Checkpointer
+from headless_jax.train.goodput import TimeAccount
 from headless_jax.train.init_from import resolve_tokenizer
 from headless_jax.train.metrics import MetricsWriter
+from headless_jax.train.profiler import StepProfiler
 from headless_jax.train.workdir_lock import WorkdirLock, WorkdirLocked, usable_workdir
 from headless_jax.validate import ConfigError
 
@@ -125,12 +127,13 @@ def check_resumable(config: ml_collections.ConfigDict, saved: dict, workdir: epa
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the configured run in `workdir`; returns the final held-out metrics."""
+    account = TimeAccount()
     experiment = build_experiment(config)  # validates the whole config first: a refused run touches nothing
     workdir = usable_workdir(workdir)
     lock = WorkdirLock(workdir)
     _agree(lambda: lock.acquire() if jax.process_index() == 0 else None)
     try:
-        return _train(config, workdir, experiment, lock)
+        return _train(config, workdir, experiment, lock, account)
     finally:
         if jax.process_index() == 0:
             lock.release()
@@ -149,8 +152,8 @@ def _agree(check) -> None:
         raise error
 
 
-def _train(config: ml_collections.ConfigDict, workdir: epath.Path, experiment: Experiment,
-           lock: WorkdirLock) -> dict[str, float]:
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path, experiment: Experiment, lock: WorkdirLock,
+           account: TimeAccount) -> dict[str, float]:
     resolve_tokenizer(config)
     t = config.train
     checkpointer = Checkpointer(str(workdir / "checkpoints"), t.keep_checkpoints, t.permanent_every)
@@ -180,6 +183,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, experiment: E
         if restored:
             state, start = restored
             progress = checkpointer.restored_progress(start)
+            account.resume(progress.get("time", {}))
             print(f"Resumed from the checkpoint at step {start} in {workdir}")
         else:
             state, start = experiment.init_state(), 0
@@ -189,8 +193,10 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, experiment: E
         eval_batches = {name: [layout.global_batch(b) for b in batches] for name, batches in eval_local_batches.items()}
         tokens_seen = TokensSeen(list(eval_batches), progress.get("tokens_seen", {}))
         results, preempted_at = _run(config, workdir, experiment, state, start, train_iterator, eval_batches,
-                                     checkpointer, tokens_seen, lock)
+                                     checkpointer, tokens_seen, lock, account)
     checkpointer.close()
+    if jax.process_index() == 0:
+        print(account.summary())
     if preempted_at is not None:
         raise Preempted(f"saved the checkpoint at step {preempted_at} in {workdir}; run the same command again to "
                         "resume")
@@ -198,12 +204,15 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, experiment: E
 
 
 def _run(config, workdir, experiment: Experiment, state, start, train_iterator, eval_batches, checkpointer,
-         tokens_seen: TokensSeen, lock: WorkdirLock) -> tuple[dict[str, float], int | None]:
-    """Trains from `start`; returns the last held-out metrics and the step saved on preemption (None if none)."""
+         tokens_seen: TokensSeen, lock: WorkdirLock, account: TimeAccount) -> tuple[dict[str, float], int | None]:
+    """Trains from `start`; returns the last held-out metrics and the step saved on preemption (None if none).
+    The time account's clock runs for data, step, eval or checkpoint; logging counts as step time (it overlaps the
+    step the devices are running)."""
     t, layout = config.train, experiment.layout
     train_step, eval_step = experiment.train_step, experiment.eval_step
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    writer = MetricsWriter(str(workdir), resumed_at=start if start else None)
+    writer = MetricsWriter(str(workdir), config, resumed_at=start)
+    profiler = StepProfiler(t.profile_steps, t.num_steps, str(workdir))
     flops_per_step = flops_lib.train_flops_per_step(config)["total"]
     peak, peak_source = flops_lib.peak_flops_per_device(t.peak_flops_per_device)
     tokens_per_step = t.global_batch_size * config.data.seq_len
@@ -214,7 +223,7 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
     config_dict = json.loads(config.to_json_best_effort())
     preemption = Preemption()
     bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
-    pending, last_report = [], (start, time.perf_counter())
+    pending, last_report = [], (start, time.perf_counter(), 0.0)
     results: dict[str, float] = {}
     skipped_in_a_row = 0  # non-finite updates since the last finite one
 
@@ -227,12 +236,15 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
         values = mean_metrics(fetched)
         values["finite"] = min(float(m["finite"]) for m in fetched)  # one bad step in the interval counts
         steps, elapsed = step - last_report[0], time.perf_counter() - last_report[1]
-        pending, last_report = [], (step, time.perf_counter())
+        data_s, last_report_data_s = account.seconds["data"], last_report[2]
+        pending, last_report = [], (step, time.perf_counter(), data_s)
         values["tokens_per_second"] = steps * tokens_per_step / elapsed
         values["step_ms"] = 1000 * elapsed / steps
+        values["data_wait_ms"] = 1000 * (data_s - last_report_data_s) / steps
         values["mfu"] = steps * flops_per_step / elapsed / (peak * jax.device_count())
         values.update(flops_lib.routing_flops_metrics(config, values))
         values.update({f"tokens_seen/{name}": v for name, v in tokens_seen.totals().items()})
+        values.update(account.metrics())
         writer.write(step, "train", values)
         if is_main:
             lock.refresh()
@@ -255,11 +267,18 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
                                      f"check the data, {advice}")
             logging.warning("%s: update skipped (train.nonfinite=skip)", message)
 
+    done, stopping, ended = start, False, False  # ended: the loop ran out or was preempted, without an error
     try:
         for step in range(start, t.num_steps):
+            done = step + 1
+            account.switch("data")
             local_batch = next(train_iterator)
             tokens_seen.add(local_batch)
-            state, metrics = train_step(state, layout.global_batch(local_batch))
+            batch = layout.global_batch(local_batch)
+            with account.part("other"):
+                profiler.before(done, state)
+            account.switch("step")
+            state, metrics = train_step(state, batch)
             report_due = pending and (step % t.log_every == 0)
             if report_due:
                 report(step)  # the steps before this one, while this one runs
@@ -267,25 +286,36 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
             if len(pending) > 1:  # the host stays one step ahead: a SIGTERM is acted on after the next step
                 jax.block_until_ready(pending[-2])
             bar.update(1)
-            done = step + 1
+            with account.part("other"):
+                profiler.after(done, state)
             stopping = preemption.reached(done)
             if done % t.eval_every == 0 or done == t.num_steps:
                 report(done)
+                account.switch("eval")
                 results = evaluate(eval_step, state["params"], eval_batches)
                 results.update(flops_lib.routing_flops_metrics(config, results))
                 writer.write(done, "eval", results)
                 if is_main:
                     bar.write(f"step {done}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
             if done % t.checkpoint_every == 0 or done == t.num_steps or stopping:
+                account.switch("step")
                 report(done)  # never save after an unchecked non-finite step
-                checkpointer.save(done, state, train_iterator, config_dict, {"tokens_seen": tokens_seen.totals()},
-                                  force=True)
+                account.switch("checkpoint")
+                checkpointer.save(done, state, train_iterator, config_dict,
+                                  {"tokens_seen": tokens_seen.totals(), "time": account.progress()}, force=True)
             if stopping:
-                return results, done
-        report(t.num_steps)
+                break
+        account.switch("step")
+        report(done)
+        ended = True
     finally:
+        account.switch("checkpoint")
+        checkpointer.wait()
+        account.switch("other")
+        profiler.stop()
+        if ended:
+            writer.write(done, "session", account.metrics())  # the session's totals, final evaluation and save included
         bar.close()
         writer.close()
         preemption.restore()
-        checkpointer.wait()
-    return results, None
+    return results, done if stopping else None

@@ -12,7 +12,9 @@ from headless_jax.model.attention import IMPLEMENTATIONS
 from headless_jax.model.routing import ROUTED_PARTS, ROUTING_KINDS, routed_layers
 from headless_jax.objectives.masking import num_masked
 from headless_jax.train.layout import MESH_AXES, axis_rules, batch_axes, mesh_shape
+from headless_jax.train.metrics import TRACKERS, tracker_names, wandb_installed
 from headless_jax.train.optim import SCHEDULES
+from headless_jax.train.profiler import profile_window
 
 CHOICES = {
     "model.activation": ("gelu", "swiglu"),
@@ -29,6 +31,7 @@ CHOICES = {
     "optim.schedule": SCHEDULES,
     "train.nonfinite": ("stop", "skip"),
     "train.trainable": ("all", "head"),
+    "wandb.mode": ("online", "offline", "disabled"),
 }
 
 
@@ -106,6 +109,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None, 
         except ValueError as error:
             raise ConfigError(str(error)) from None
     _check_routing(m)
+    _check_observability(config)
 
     for name, axes in config.mesh.axis_rules:
         for axis in (axes,) if isinstance(axes, str) else (axes or ()):
@@ -137,6 +141,22 @@ def _check_batch(config: ml_collections.ConfigDict, num_devices: int, process_co
             logging.warning("objective.cwt_group_size=%d spans several batch shards (%d sequences per shard): the "
                             "CWT logits then need communication; a divisor of %d keeps each group on one device",
                             o.cwt_group_size, rows // batch_shards, rows // batch_shards)
+
+
+def _check_observability(config: ml_collections.ConfigDict) -> None:
+    trackers = tracker_names(config)
+    unknown = [name for name in trackers if name not in TRACKERS]
+    if unknown or len(set(trackers)) != len(trackers):
+        raise ConfigError(f"train.trackers={config.train.trackers!r}: each of {', '.join(TRACKERS)} may appear once "
+                          f"(comma-separated){'; unknown: ' + ', '.join(unknown) if unknown else ''}; set "
+                          "--config.train.trackers=jsonl,tensorboard,...")
+    if "wandb" in trackers and not wandb_installed():
+        raise ConfigError("train.trackers includes wandb, but the wandb package is not installed: pip install -e "
+                          "'.[wandb]', or leave wandb out of --config.train.trackers")
+    try:
+        profile_window(config.train.profile_steps, config.train.num_steps)
+    except ValueError as error:
+        raise ConfigError(f"{error}; set --config.train.profile_steps=START,END or leave it empty") from None
 
 
 def _check_routing(model_cfg) -> None:

@@ -35,9 +35,9 @@ def run(workdir, corpus, *overrides, expect: int = 0, prefix: tuple[str, ...] = 
     return result
 
 
-def start(workdir, corpus, *overrides) -> subprocess.Popen:
-    return subprocess.Popen(command(workdir, corpus, *overrides), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start(workdir, corpus, *overrides, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    return subprocess.Popen([*prefix, *command(workdir, corpus, *overrides)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def train_losses(workdir) -> dict[int, float]:

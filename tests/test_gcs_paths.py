@@ -11,6 +11,7 @@ from etils import epath
 from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
 
+from headless_jax.config import base_config
 from headless_jax.data import book_names, build_data, read_book
 from headless_jax.data.tokenizer import RUN_TOKENIZER_FILE
 from headless_jax.train import metrics as metrics_lib
@@ -74,8 +75,8 @@ def test_data_from_and_caches_in_gs_match_local_ones(fake_gcs, tmp_path):
 def test_metrics_jsonl_in_gs_keeps_the_lines_of_earlier_runs(fake_gcs, monkeypatch, rewrite_every_s):
     monkeypatch.setattr(metrics_lib, "SummaryWriter", lambda logdir, purge_step=None: _NullSummaryWriter())  # real GCS
     monkeypatch.setattr(metrics_lib, "REWRITE_EVERY_S", rewrite_every_s)
-    for step in (1, 2):  # a run, then its resumption
-        writer = metrics_lib.MetricsWriter("gs://bucket/run")
+    for step in (1, 2):  # a run, then its resumption from a checkpoint at step 1
+        writer = metrics_lib.MetricsWriter("gs://bucket/run", base_config(), resumed_at=step - 1)
         writer.write(step, "train", {"loss": float(step)})
         writer.close()
     lines = epath.Path("gs://bucket/run/metrics.jsonl").read_text().splitlines()

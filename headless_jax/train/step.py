@@ -24,7 +24,7 @@ def split_microbatches(batch: dict, microbatches: int) -> dict:
 
 def build_train_step(objective: Objective, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                      state_shardings: TrainState, layout: Layout, microbatches: int = 1) -> Callable:
-    """Returns `step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donated state.
+    """Returns `train_step(state, batch) -> (state, metrics)`, jitted with explicit shardings and donated state.
 
     The loss is the mean over microbatches of each microbatch's loss. A non-finite loss or gradient norm
     (or update) leaves the state untouched (metrics['finite'] = 0); the loop decides whether that stops the run.
@@ -33,7 +33,7 @@ def build_train_step(objective: Objective, optimizer: optax.GradientTransformati
         (_, metrics), grads = jax.value_and_grad(lambda p: objective(p, microbatch, rng, False), has_aux=True)(params)
         return grads, metrics
 
-    def step(state, batch):
+    def train_step(state, batch):  # the name profiles show: PjitFunction(train_step)
         step_rng = jax.random.fold_in(state["rng"], state["step"])
         if microbatches == 1:
             grads, metrics = grads_of(state["params"], batch, step_rng)
@@ -61,7 +61,7 @@ def build_train_step(objective: Objective, optimizer: optax.GradientTransformati
                        learning_rate=schedule(state["step"]))
         return kept, metrics
 
-    return jax.jit(step, in_shardings=(state_shardings, layout.batch_sharding),
+    return jax.jit(train_step, in_shardings=(state_shardings, layout.batch_sharding),
                    out_shardings=(state_shardings, None), donate_argnums=0)
 
 
