@@ -19,7 +19,7 @@ from headless_jax.config import base_config
 from headless_jax.train.flops import train_flops_per_step
 from headless_jax.train import wandb_log
 from headless_jax.train.goodput import PARTS, TimeAccount
-from headless_jax.train.metrics import WANDB_RUN_FILE
+from headless_jax.train.metrics import WANDB_RUN_FILE, MetricsWriter
 from headless_jax.validate import ConfigError, validate_config
 from tests.main_runs import ENV, ROOT, run, start, train_losses
 
@@ -99,6 +99,19 @@ def test_wandb_offline_a_killed_and_resumed_run_continues_the_same_run_without_d
     assert any("eval/loss" in row for row in second)
     config = {item.key: json.loads(item.value_json) for item in wandb_log.run_record(sessions[1]).config.update}
     assert config["model"]["vocab_size"] == 512 and config["wandb"]["mode"] == "offline"
+
+
+def test_a_run_restarted_from_scratch_logs_each_step_once(tmp_path):
+    """Killed before its first checkpoint, a run starts again at step 0: what it logged before is dropped."""
+    config = base_config()
+    config.train.trackers = "jsonl,tensorboard"
+    for session in range(2):
+        writer = MetricsWriter(str(tmp_path), config, resumed_at=0)
+        for step in range(1, 4 + session):
+            writer.write(step, "train", {"loss": float(step + 10 * session)})
+        writer.close()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 11.0), (2, 12.0), (3, 13.0), (4, 14.0)]
 
 
 def test_the_transaction_log_reader_returns_what_wandb_wrote_and_drops_a_torn_tail(tmp_path):
