@@ -25,7 +25,7 @@ LAYER_OF = {  # module or package (dotted, below headless_jax) → layer
     "config": "config", "distributed": "config", "logs": "config", "data": "data", "model": "model", "objectives": "objectives",
     "train": "experiment", "validate": "experiment", "experiment": "experiment", "loop": "loop",
     "bench": "tools", "memory": "tools", "data_bench": "tools", "downstream": "downstream", "main": "commands", "evaluate": "commands",
-    "prepare": "commands", "command": "commands", "plot": "commands",
+    "prepare": "commands", "command": "commands", "plot": "commands", "curves": "tools",
 }
 
 

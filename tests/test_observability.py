@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from matplotlib import pyplot
 
-from headless_jax import plot
-from headless_jax.config import base_config
+from headless_jax import curves
+from headless_jax.config import base_config, saved_config
 from headless_jax.train.flops import train_flops_per_step
 from headless_jax.train import wandb_log
 from headless_jax.train.goodput import PARTS, TimeAccount
@@ -200,10 +200,10 @@ def test_observability_settings_are_refused_with_the_key_named(key, value):
 
 def test_plot_draws_two_runs_against_steps_tokens_and_flops(observed, uninterrupted, tmp_path):
     runs = [str(uninterrupted), str(observed[0])]
-    config = plot.saved_config(json.loads((uninterrupted / "config.json").read_text()))
+    config = saved_config(json.loads((uninterrupted / "config.json").read_text()))
     per_step = {"step": 1.0, "tokens": 8 * 32, "flops": train_flops_per_step(config)["total"]}
     for x, cost in per_step.items():
-        found = plot.curves(runs, ["train/loss", "eval/loss"], x)
+        found = curves.curves(runs, ["train/loss", "eval/loss"], x)
         xs, losses = found["train/loss"]["observed0"]
         np.testing.assert_allclose(xs, cost * np.arange(1, OBSERVED_STEPS + 1))
         np.testing.assert_allclose(losses, [train_losses(observed[0])[s] for s in range(1, OBSERVED_STEPS + 1)])
@@ -224,9 +224,9 @@ def test_plot_x_follows_the_config_each_session_trained_with():
         config.train.global_batch_size = batch
         return {"start_step": start_step, "config": json.loads(config.to_json_best_effort())}
 
-    tokens = plot.x_of_steps([entry(0, 4), entry(10, 8), entry(5, 4)], np.array([1.0, 5, 6, 12]), "tokens")
+    tokens = curves.x_of_steps([entry(0, 4), entry(10, 8), entry(5, 4)], np.array([1.0, 5, 6, 12]), "tokens")
     np.testing.assert_allclose(tokens, np.array([1, 5, 6, 12]) * 4 * 128)
-    tokens = plot.x_of_steps([entry(0, 4), entry(10, 8)], np.array([10.0, 12]), "tokens")
+    tokens = curves.x_of_steps([entry(0, 4), entry(10, 8)], np.array([10.0, 12]), "tokens")
     np.testing.assert_allclose(tokens, [10 * 4 * 128, (10 * 4 + 2 * 8) * 128])
 
 
