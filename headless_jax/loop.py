@@ -309,13 +309,16 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
         report(done)
         ended = True
     finally:
-        account.switch("checkpoint")
-        checkpointer.wait()
+        bar.close()  # first: a failure's message must not land on the progress bar's line
         account.switch("other")
         profiler.stop()
-        if ended:
-            writer.write(done, "session", account.metrics())  # the session's totals, final evaluation and save included
-        bar.close()
-        writer.close()
-        preemption.restore()
+        try:
+            account.switch("checkpoint")
+            checkpointer.wait()
+            account.switch("other")
+            if ended:  # the session's totals, final evaluation and save included
+                writer.write(done, "session", account.metrics())
+        finally:
+            writer.close()
+            preemption.restore()
     return results, done if stopping else None

@@ -115,14 +115,18 @@ def test_a_run_restarted_from_scratch_logs_each_step_once(tmp_path):
 
 
 def test_the_transaction_log_reader_returns_what_wandb_wrote_and_drops_a_torn_tail(tmp_path):
-    import wandb
-
     run_id, steps = "readertest", 400  # several 32 KiB blocks, so records cross block boundaries
-    logged = wandb.init(id=run_id, dir=str(tmp_path), mode="offline", project="p",
-                        settings=wandb.Settings(console="off", silent=True))
-    for step in range(1, steps + 1):
-        logged.log({"train/loss": step / 7, "train/name_" + "x" * (step % 50): step, "eval/n": -step}, step=step)
-    logged.finish()
+    session = f"""
+import wandb
+run = wandb.init(id={run_id!r}, dir={str(tmp_path)!r}, mode="offline", project="p",
+                 settings=wandb.Settings(console="off", silent=True))
+for step in range(1, {steps} + 1):
+    run.log({{"train/loss": step / 7, "train/name_" + "x" * (step % 50): step, "eval/n": -step}}, step=step)
+run.finish()
+"""
+    result = subprocess.run([sys.executable, "-c", session], env=ENV, capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
     path, = glob.glob(str(tmp_path / "wandb" / f"offline-run-*-{run_id}" / f"run-{run_id}.wandb"))
     rows = wandb_log.history(path)
     assert [row["_step"] for row in rows] == list(range(1, steps + 1))
