@@ -44,6 +44,7 @@ from absl import app, flags
 from headless_jax import objectives
 from headless_jax.config import set_objective
 from headless_jax.experiment import Experiment, build_experiment
+from headless_jax.model import embedding_matrix
 from headless_jax.train import flops
 
 DEFAULT_VOCABS = (8192, 32768, 50304, 131072, 262144)
@@ -53,9 +54,11 @@ FIRST_ORDINARY_TOKEN = 7  # random tokens avoid the special ids (0..6 by default
 
 def body_only_objective(model):
     """Stand-in objective for timing the body: loss = mean(h²) of the final hidden states (no head, no loss)."""
-    def objective_fn(params, batch, rng, deterministic):
-        h_BxLxD = model.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"],
-                              deterministic=deterministic, rngs={"dropout": rng})
+    def objective_fn(params, batch, rng, deterministic, embedding_rows_U=None):
+        rows_UxD = None if embedding_rows_U is None else embedding_matrix(params)  # a sparse embedding update's rows
+        h_BxLxD = model.apply({"params": params}, objectives.embedding_index(batch["tokens"], embedding_rows_U),
+                              batch["segment_ids"], batch["positions"], deterministic=deterministic,
+                              embedding_rows_UxD=rows_UxD, rngs={"dropout": rng})
         loss = jnp.mean(jnp.square(h_BxLxD.astype(jnp.float32)))
         return loss, {"loss": loss, "num_predictions": jnp.float32(h_BxLxD.shape[0] * h_BxLxD.shape[1])}
     return objective_fn
@@ -144,6 +147,7 @@ def bench_case(config, name: str, steps: int, devices=None, peak: tuple[float, s
     tokens = config.train.global_batch_size * config.data.seq_len
     return {
         "config": name, "objective": config.objective.loss, "head": config.model.head,
+        "embedding_update": config.optim.embedding_update,
         "task": config.objective.task, "vocab": config.model.vocab_size, "routing": routing_label(config.model),
         "batch": config.train.global_batch_size, "batch_per_device": config.train.global_batch_size // len(devices),
         "seq_len": config.data.seq_len, "group_size": config.objective.cwt_group_size,
@@ -171,8 +175,11 @@ def routing_label(model_cfg) -> str:
 
 
 def with_objective(config, loss: str, classical_head: str):
-    c = ml_collections.ConfigDict(config.to_dict())
-    return set_objective(c, loss, classical_head)
+    """The config as its headless or classical twin; a classical twin updates E densely (its gradient is dense)."""
+    c = set_objective(ml_collections.ConfigDict(config.to_dict()), loss, classical_head)
+    if loss != "cwt":
+        c.optim.embedding_update = "dense"
+    return c
 
 
 def classical_head_of(config) -> str:
@@ -222,9 +229,9 @@ def run_sweep(config, sweep: str, values, steps: int, name: str, devices=None, l
 
 ROUTING_COLUMNS = ("objective", "routing", "batch", "seq_len", "step_ms_median", "step_ms_min", "step_ms_max",
                    "tokens_per_s", "flops_per_step", "mfu", "peak_memory_bytes")
-TABLE_COLUMNS = ("objective", "vocab", "batch", "seq_len", "group_size", "step_ms_median", "step_ms_min",
-                 "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes", "bytes_accessed",
-                 "head_share")
+TABLE_COLUMNS = ("objective", "embedding_update", "vocab", "batch", "seq_len", "group_size", "step_ms_median",
+                 "step_ms_min", "step_ms_max", "cpu_ms_median", "tokens_per_s", "mfu", "peak_memory_bytes",
+                 "bytes_accessed", "head_share")
 
 
 def format_value(value) -> str:

@@ -26,7 +26,7 @@ from headless_jax.data.errors import MissingDataError
 from headless_jax.data.tokenizer import BaseTokenizer
 from headless_jax.data.tokenizer import load_run_tokenizer, tokenizer_from_file
 from headless_jax.model import LanguageModel
-from headless_jax.objectives import ObjectiveFn, SpecialTokens, build_objective
+from headless_jax.objectives import ObjectiveFn, SpecialTokens, build_objective, build_rows_read
 from headless_jax.train.checkpoint import Checkpointer, DamagedCheckpoint, orbax_directory
 from headless_jax.train.init_from import InitFromError, start_params
 from headless_jax.train.layout import Layout
@@ -61,6 +61,7 @@ class Experiment:
     microbatches: int = 1
     seed: int = 0
     config: ml_collections.ConfigDict | None = None  # a pretraining config (None for fine-tuning experiments)
+    rows_read: Callable | None = None  # optim.embedding_update=sparse: the rows of E a step reads (build_rows_read)
 
     def state_fn(self, params_fn: Callable[..., dict]) -> Callable[..., TrainState]:
         """jit of `(*args, rng) → state` with params = params_fn(*args, rng) (logical-axis boxes allowed), fresh
@@ -118,14 +119,15 @@ class Experiment:
     def with_tokenizer(self, tokenizer) -> "Experiment":
         """This (pretraining) experiment with the objective of `tokenizer`: its special ids (masking) and the UTF-8
         bytes of its tokens (bits per byte)."""
-        objective = build_objective(self.config, self.model, special_tokens(tokenizer),
-                                    tokenizer.token_bytes(self.config.model.vocab_size))
-        return dataclasses.replace(self, objective=objective)
+        special = special_tokens(tokenizer)
+        objective = build_objective(self.config, self.model, special, tokenizer.token_bytes(self.config.model.vocab_size))
+        rows_read = build_rows_read(self.config, special) if self.rows_read is not None else None
+        return dataclasses.replace(self, objective=objective, rows_read=rows_read)
 
     @functools.cached_property
     def train_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
         return build_train_step(self.objective, self.optimizer, self.schedule, self.state_shardings, self.layout,
-                                self.microbatches)
+                                self.microbatches, self.rows_read)
 
     @functools.cached_property
     def eval_step(self) -> Callable[[dict, dict], dict]:
@@ -149,9 +151,10 @@ def build_experiment(config: ml_collections.ConfigDict, devices=None, layout: La
         validate_config(config, None)
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
     configured_optimizer, schedule = train_optimizer(config)
+    sparse = optimizer is None and config.optim.embedding_update == "sparse"
     return Experiment(layout, model, build_objective(config, model, SpecialTokens()),
                       optimizer or configured_optimizer, schedule, config.data.seq_len, config.train.microbatches,
-                      config.seed, config)
+                      config.seed, config, build_rows_read(config, SpecialTokens()) if sparse else None)
 
 
 class PretrainedError(ValueError):

@@ -31,6 +31,7 @@ CHOICES = {
     "optim.schedule": SCHEDULES,
     "train.nonfinite": ("stop", "skip"),
     "train.trainable": ("all", "head"),
+    "optim.embedding_update": ("dense", "sparse"),
     "wandb.mode": ("online", "offline", "disabled"),
 }
 
@@ -110,6 +111,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None, 
             raise ConfigError(str(error)) from None
     _check_routing(m)
     _check_observability(config)
+    if config.optim.embedding_update == "sparse":
+        _check_sparse_embedding(config)
 
     for name, axes in config.mesh.axis_rules:
         for axis in (axes,) if isinstance(axes, str) else (axes or ()):
@@ -141,6 +144,20 @@ def _check_batch(config: ml_collections.ConfigDict, num_devices: int, process_co
             logging.warning("objective.cwt_group_size=%d spans several batch shards (%d sequences per shard): the "
                             "CWT logits then need communication; a divisor of %d keeps each group on one device",
                             o.cwt_group_size, rows // batch_shards, rows // batch_shards)
+
+
+def _check_sparse_embedding(config: ml_collections.ConfigDict) -> None:
+    m, o = config.model, config.objective
+    if m.head != "none" or o.loss != "cwt":
+        kind = "a tied head" if m.head == "tied" else "a classical model"
+        raise ConfigError(f"optim.embedding_update=sparse updates only the rows of E a step reads, but {kind} "
+                          f"(model.head={m.head!r}, objective.loss={o.loss!r}) has a gradient dense over the whole "
+                          "vocabulary (its softmax); set --config.optim.embedding_update=dense, or train headless "
+                          "(--config.model.head=none --config.objective.loss=cwt)")
+    if o.headless_train_accuracy:
+        raise ConfigError("optim.embedding_update=sparse keeps the step's work off the vocabulary, but "
+                          "objective.headless_train_accuracy scores all of it (o·Eᵀ) in every step; set one of them "
+                          "off (held-out accuracy is always measured)")
 
 
 def _check_observability(config: ml_collections.ConfigDict) -> None:

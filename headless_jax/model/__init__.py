@@ -23,8 +23,9 @@ class LanguageModel(nn.Module):
         if self.config.head != "none":
             self.head = VocabularyHead(self.config)
 
-    def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, deterministic: bool = True) -> jax.Array:
-        h_BxLxD = self.body(tokens_BxL, segment_ids_BxL, positions_BxL, deterministic)
+    def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, deterministic: bool = True,
+                 embedding_rows_UxD: jax.Array | None = None) -> jax.Array:
+        h_BxLxD = self.body(tokens_BxL, segment_ids_BxL, positions_BxL, deterministic, embedding_rows_UxD)
         if self.is_initializing() and self.config.head != "none":
             self.decoder(h_BxLxD[:, 0])  # create the head's parameters at init
         return h_BxLxD
@@ -47,4 +48,17 @@ def embedding_matrix(params) -> jax.Array:
     return params
 
 
-__all__ = ["BODY", "DECODER_PATH", "HEAD", "LanguageModel", "embedding_matrix", "head_logits"]
+def with_embedding(params, table) -> dict:
+    """`params` (with or without E) with `table` in E's place: E, or the rows of it a sparse update differentiates."""
+    body, embed, leaf = _EMBEDDING_PATH
+    return {**params, body: {**params[body], embed: {**params[body].get(embed, {}), leaf: table}}}
+
+
+def without_embedding(params) -> dict:
+    """`params` without E (what the dense optimiser updates when E is updated by rows)."""
+    body, embed, _ = _EMBEDDING_PATH  # E is its module's only parameter
+    return {**params, body: {name: tree for name, tree in params[body].items() if name != embed}}
+
+
+__all__ = ["BODY", "DECODER_PATH", "HEAD", "LanguageModel", "embedding_matrix", "head_logits", "with_embedding",
+           "without_embedding"]

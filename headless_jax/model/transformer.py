@@ -96,11 +96,17 @@ class Transformer(nn.Module):
     cfg: object
 
     @nn.compact
-    def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, deterministic: bool = True) -> jax.Array:
+    def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, deterministic: bool = True,
+                 embedding_rows_UxD: jax.Array | None = None) -> jax.Array:
+        """embedding_rows_UxD: rows of E given in its place (a sparse embedding update differentiates them);
+        `tokens_BxL` then index those rows."""
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-        embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, name="embed",
-                         embedding_init=dense_init(cfg.init_std, ("vocab", "embed")))
-        x_BxLxD = embed(tokens_BxL)
+        if embedding_rows_UxD is None:
+            embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, name="embed",
+                             embedding_init=dense_init(cfg.init_std, ("vocab", "embed")))
+            x_BxLxD = embed(tokens_BxL)
+        else:  # the lookup nn.Embed does, in a table of U rows
+            x_BxLxD = jnp.take(embedding_rows_UxD.astype(dtype), tokens_BxL, axis=0)
         if cfg.positions == "learned":
             position_embed = nn.Embed(cfg.max_len, cfg.d_model, dtype=dtype, name="position_embed",
                                       embedding_init=dense_init(cfg.init_std, ("positions", "embed")))

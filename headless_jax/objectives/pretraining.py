@@ -40,18 +40,44 @@ class Predictions(NamedTuple):
     routing_stats: routing.RoutingStats  # what the routed layers report (empty without routing)
 
 
+def embedding_index(ids: jax.Array, rows_U: jax.Array | None) -> jax.Array:
+    """Where token ids are in the embedding table the objective is given: E itself (rows_U None), or the rows
+    `rows_U` of E (sorted ids, as a sparse embedding update passes them)."""
+    return ids if rows_U is None else jnp.searchsorted(rows_U, ids)
+
+
+def _masked(config, special: SpecialTokens, batch: dict, rng: jax.Array):
+    """MLM: the batch's masking (drawn from the first half of `rng`, dropout uses the second)."""
+    return mask_tokens(batch["tokens"], jax.random.split(rng)[0], config.objective.mask_rate, special,
+                       config.model.vocab_size)
+
+
+def build_rows_read(config, special: SpecialTokens) -> Callable[[dict, jax.Array], jax.Array]:
+    """(batch, rng) → the ids of every row of E the objective reads for that batch and rng, flattened, with repeats:
+    the tokens the model reads (after masking) and the original tokens (the CWT targets are among them)."""
+    def rows_read(batch: dict, rng: jax.Array) -> jax.Array:
+        tokens_N = batch["tokens"].reshape(-1)
+        if config.objective.task != "mlm":
+            return tokens_N
+        return jnp.concatenate([tokens_N, _masked(config, special, batch, rng).tokens_BxL.reshape(-1)])
+    return rows_read
+
+
 def predictions(config, model, special: SpecialTokens, params, batch: dict, rng: jax.Array,
-                deterministic: bool) -> Predictions:
-    mask_rng, dropout_rng = jax.random.split(rng)
+                deterministic: bool, embedding_rows_U: jax.Array | None = None) -> Predictions:
+    dropout_rng = jax.random.split(rng)[1]
+
+    rows_UxD = None if embedding_rows_U is None else embedding_matrix(params)  # E's place holds those rows
 
     def hidden(tokens_BxL):
-        h_BxLxD, state = model.apply({"params": params}, tokens_BxL, batch["segment_ids"], batch["positions"],
-                                     deterministic=deterministic, rngs={"dropout": dropout_rng},
+        h_BxLxD, state = model.apply({"params": params}, embedding_index(tokens_BxL, embedding_rows_U),
+                                     batch["segment_ids"], batch["positions"], deterministic=deterministic,
+                                     embedding_rows_UxD=rows_UxD, rngs={"dropout": dropout_rng},
                                      mutable=[routing.COLLECTION])
         return h_BxLxD, routing.collect_stats(state.get(routing.COLLECTION, {}))
 
     if config.objective.task == "mlm":
-        masked = mask_tokens(batch["tokens"], mask_rng, config.objective.mask_rate, special, config.model.vocab_size)
+        masked = _masked(config, special, batch, rng)
         h_BxLxD, stats = hidden(masked.tokens_BxL)
         # Gather first: the losses (and the head, unless ce_all_positions) only see the k selected positions.
         o_BxSxD = jnp.take_along_axis(h_BxLxD, masked.positions_BxK[..., None], axis=1)
@@ -102,18 +128,20 @@ def build_objective(config, model, special: SpecialTokens, token_bytes_V: np.nda
     `nll`, the mean negative log-likelihood of the targets under that softmax, and given the UTF-8 bytes of
     every token (`token_bytes_V`), `bytes_per_prediction` (see bits_per_byte).
     Routed models (model.routing) add their budget / predictor loss and `routing/...` metrics.
-    The config is assumed valid (headless_jax.validate).
+    embedding_rows_U (headless training with optim.embedding_update=sparse): params hold the rows `rows_U` of E
+    (from build_rows_read's ids) in E's place. The config is assumed valid (headless_jax.validate).
     """
     obj = config.objective
     terms = obj.loss.split("+")
 
-    def objective_fn(params, batch, rng, deterministic: bool):
-        pred = predictions(config, model, special, params, batch, rng, deterministic)
+    def objective_fn(params, batch, rng, deterministic: bool, embedding_rows_U: jax.Array | None = None):
+        pred = predictions(config, model, special, params, batch, rng, deterministic, embedding_rows_U)
         targets_N, valid_N = pred.targets_BxS.reshape(-1), pred.valid_BxS.reshape(-1)
         metrics, loss, stats = {}, 0.0, None
         if "cwt" in terms:
             # Target embeddings in the activations' dtype, as the input lookup does; logits accumulate in float32.
-            t_BxSxD = embedding_matrix(params)[pred.targets_BxS].astype(pred.o_BxSxD.dtype)
+            target_rows_BxS = embedding_index(pred.targets_BxS, embedding_rows_U)
+            t_BxSxD = embedding_matrix(params)[target_rows_BxS].astype(pred.o_BxSxD.dtype)
             metrics["cwt_loss"] = cwt_loss(pred.o_BxSxD, t_BxSxD, pred.valid_BxS, obj.cwt_group_size,
                                            obj.cwt_temperature, obj.cwt_block_size, obj.cwt_memory_budget_mb)
             loss += obj.cwt_weight * metrics["cwt_loss"]

@@ -1,8 +1,10 @@
-"""AdamW with warmup, a decay schedule, a weight-decay mask and global-norm clipping (optax)."""
+"""AdamW with warmup, a decay schedule, a weight-decay mask and global-norm clipping (optax); for a headless
+model's embedding optionally by rows (optim.embedding_update=sparse, train/sparse_embedding.py)."""
 import jax
 import optax
 
 from headless_jax.model import HEAD
+from headless_jax.train.sparse_embedding import SparseEmbeddingOptimizer
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 
@@ -44,21 +46,28 @@ def weight_decay_mask(params, decay_embeddings: bool):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(opt_cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(AdamW with global-norm clipping, its learning-rate schedule): one schedule serves both."""
+def make_optimizer(opt_cfg, num_steps: int, clip: bool = True) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(AdamW with global-norm clipping, its learning-rate schedule): one schedule serves both. clip=False leaves
+    the clipping to the caller (the state keeps the same structure)."""
     schedule = learning_rate_schedule(opt_cfg, num_steps)
     optimizer = optax.chain(
-        optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity(),
+        optax.clip_by_global_norm(opt_cfg.grad_clip) if clip and opt_cfg.grad_clip > 0 else optax.identity(),
         optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay,
                     mask=lambda p: weight_decay_mask(p, opt_cfg.decay_embeddings)),
     )
     return optimizer, schedule
 
 
-def train_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def train_optimizer(config) -> tuple[optax.GradientTransformation | SparseEmbeddingOptimizer, optax.Schedule]:
     """The optimiser and schedule of an experiment config: AdamW on every parameter (train.trainable='all'), or
-    on the head alone ('head', a probe). Frozen parameters get zero updates — not even weight decay."""
-    optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
+    on the head alone ('head', a probe). Frozen parameters get zero updates — not even weight decay. With
+    optim.embedding_update=sparse (headless models), E is updated by rows and the rest by AdamW."""
+    opt = config.optim
+    if opt.embedding_update == "sparse":
+        dense, schedule = make_optimizer(opt, config.train.num_steps, clip=False)
+        return SparseEmbeddingOptimizer(dense, schedule, opt.b1, opt.b2, opt.eps,
+                                        opt.weight_decay if opt.decay_embeddings else 0.0, opt.grad_clip), schedule
+    optimizer, schedule = make_optimizer(opt, config.train.num_steps)
     if config.train.trainable == "head":
         optimizer = head_only(optimizer)
     return optimizer, schedule
