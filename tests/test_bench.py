@@ -3,6 +3,7 @@ import json
 import math
 
 import jax
+import pytest
 
 from headless_jax import bench
 from tests.train_helpers import tiny_config
@@ -32,9 +33,11 @@ def check_row(row, devices):
     assert row["bytes_accessed"] is None or row["bytes_accessed"] > 0
 
 
-def test_vocab_sweep_writes_complete_rows(tmp_path):
+@pytest.mark.parametrize("embedding_update", ["dense", "sparse"])
+def test_vocab_sweep_writes_complete_rows(tmp_path, embedding_update):
     devices = jax.devices()[:1]
     config = tiny_clm()
+    config.optim.embedding_update = embedding_update  # sparse: the headless twin's; the classical one stays dense
     rows = bench.run_sweep(config, "vocab", [512], steps=2, name="tiny", devices=devices, log=lambda _: None)
     paths = bench.write_outputs(rows, str(tmp_path), "vocab")
     written = json.load(open(paths["json"]))
@@ -48,7 +51,8 @@ def test_vocab_sweep_writes_complete_rows(tmp_path):
     assert written[1]["head_flops_per_step"] == 3 * 8 * 15 * 2 * 32 * 512
     assert written[0]["head_flops_per_step"] == 3 * 8 * 15 * 2 * (2 * 15) * 32
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "| cwt | 512 |" in open(paths["md"]).read()
+    assert [r["embedding_update"] for r in written] == [embedding_update, "dense"]
+    assert f"| cwt | {embedding_update} | 512 |" in open(paths["md"]).read()
 
 
 def test_without_head_share_only_the_full_step_is_timed(monkeypatch):
