@@ -132,8 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
     opt.weight_decay = 0.01
     opt.decay_embeddings = True
     opt.grad_clip = 1.0
-    # dense | sparse: headless models only, E's AdamW update on the rows of the step's tokens alone (the rows a step
-    # misses get their moment and weight decay caught up when next seen, not their momentum steps: docs/method.md)
+    # dense | sparse: headless models only, E's AdamW update on the rows of the step's tokens alone (a row's missed
+    # updates are caught up when it is next read: docs/method.md)
     opt.embedding_update = "dense"
 
     w = c.wandb = ml_collections.ConfigDict()  # the wandb tracker (train.trackers); pip install -e '.[wandb]'

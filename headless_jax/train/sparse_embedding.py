@@ -5,15 +5,17 @@ gradient of every other row is exactly zero. The train step then differentiates 
 rows alone (`touched_rows`: at most the step's token count, a static bound) and this module updates them, so that no
 work in the step is proportional to V beyond E and its two moment buffers themselves.
 
-Semantics, against dense AdamW (optax.adamw, decoupled weight decay):
-- a row in the step gets exactly dense AdamW's update: its moments are first brought to what dense AdamW would hold
-  (m ← β1^k·m, v ← β2^k·v for the k updates it missed, during which its gradient was zero) and its weights decayed
-  by Π(1 − lr_τ·wd) over those updates, then this step's AdamW update is applied with the global step count
-  (bias corrections and learning rate as dense);
-- what a missed update would also have done, move the row along its decaying momentum (m̂/(√v̂+ε) ≠ 0 with a zero
-  gradient), is dropped: the lazy-Adam part. The catch-up above is exact and takes O(1) work per row.
-So when every row is in every step, sparse and dense are the same update. The weight-decay product is kept as a
-running sum of log(1 − lr·wd), Kahan-compensated so that float32 holds it over millions of steps.
+Semantics, against dense AdamW (optax.adamw, decoupled weight decay): a row's missed updates (the k steps since it
+was last read, in which its gradient was zero) are caught up when it is next read, in O(1) work:
+- its moments exactly: m ← β1^k·m, v ← β2^k·v;
+- its weight decay exactly: p ← p·Π(1 − lr_τ·wd) over those steps (a running sum of log(1 − lr·wd),
+  Kahan-compensated so that float32 holds it over millions of steps);
+- the steps its decaying momentum would have made (m̂/(√v̂+ε) is not zero with a zero gradient) in closed form, at
+  this step's learning rate and bias corrections, without ε and without the weight decay of the distance moved:
+  the one approximation, exact at a constant rate late in a run (bias corrections ≈ 1) with ε ≪ √v̂ and no
+  weight decay;
+then this step's AdamW update, with the global step count. A row read in every step gets exactly dense AdamW's
+update, so when every row is in every step, sparse and dense are the same.
 """
 import dataclasses
 from typing import NamedTuple
@@ -60,16 +62,23 @@ def update(state: SparseEmbeddingState, embedding_VxD: jax.Array, rows_U: jax.Ar
     lr = learning_rate(state.count)  # as optax.scale_by_learning_rate: the schedule at the count before this update
     missed_U = (t - 1 - state.updated_at_V.at[rows_U].get(mode="fill", fill_value=0)).astype(jnp.float32)
     gather = lambda x: x.at[rows_U].get(mode="fill", fill_value=0)  # noqa: E731 — padding rows read as zeros
-    mu_UxD = b1 ** missed_U[:, None] * gather(state.mu_VxD)
-    nu_UxD = b2 ** missed_U[:, None] * gather(state.nu_VxD)
+    last_mu_UxD, last_nu_UxD = gather(state.mu_VxD), gather(state.nu_VxD)
     missed_decay_U = state.decay_log - state.decay_log_at_V.at[rows_U].get(mode="fill", fill_value=0)
     p_UxD = gather(embedding_VxD) * jnp.exp(missed_decay_U)[:, None].astype(embedding_VxD.dtype)
+    # the missed momentum steps: at the j-th, m̂/√v̂ = r^j·m/√v with r = β1/√β2 (the gradient was zero), so they sum
+    # to r(1 − r^k)/(1 − r)·m/√v, taken at this step's learning rate and bias corrections, without ε
+    r = b1 / b2 ** 0.5
+    momentum_steps_U = missed_U if r == 1 else r * (1 - r ** missed_U) / (1 - r)
+    direction_UxD = jnp.where(last_nu_UxD > 0, last_mu_UxD / jnp.sqrt(jnp.where(last_nu_UxD > 0, last_nu_UxD, 1)), 0)
+    scale = lr * jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    p_UxD = p_UxD - scale * momentum_steps_U[:, None] * direction_UxD
+    mu_UxD = b1 ** missed_U[:, None] * last_mu_UxD
+    nu_UxD = b2 ** missed_U[:, None] * last_nu_UxD
 
     mu_UxD = b1 * mu_UxD + (1 - b1) * grads_UxD
     nu_UxD = b2 * nu_UxD + (1 - b2) * grads_UxD ** 2
-    step_size = t.astype(jnp.float32)
-    mu_hat_UxD = mu_UxD / (1 - b1 ** step_size)
-    nu_hat_UxD = nu_UxD / (1 - b2 ** step_size)
+    mu_hat_UxD = mu_UxD / (1 - b1 ** t)  # the bias corrections as optax computes them (an integer power)
+    nu_hat_UxD = nu_UxD / (1 - b2 ** t)
     p_UxD = p_UxD - lr * (mu_hat_UxD / (jnp.sqrt(nu_hat_UxD) + eps) + weight_decay * p_UxD)
 
     decay_log, decay_log_error = _kahan_add(state.decay_log, state.decay_log_error, jnp.log1p(-lr * weight_decay))
