@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     o.cwt_weight = 1.0  # loss = cwt_weight·L_CWT + ce_weight·L_CE over the terms in use
     o.ce_weight = 1.0
     o.mask_rate = 0.15  # MLM: exactly round(rate·seq_len) positions per sequence (0.30: MosaicBERT/ModernBERT)
+    o.eval_mask_rate = 0.0  # MLM held-out evaluation's rate; 0: mask_rate (MosaicBERT trains at 0.30, scores at 0.15)
     o.cwt_group_size = 0  # sequences per negative group; 0 = the whole per-step batch
     o.cwt_temperature = 1.0
     o.cwt_block_size = 0  # >0: blockwise CWT with this column block; 0: dense unless over the budget

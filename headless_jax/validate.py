@@ -49,7 +49,8 @@ RANGES = {
         "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "objective.z_loss", "objective.cwt_weight",
         "objective.ce_weight", "objective.cwt_block_size", "objective.ce_vocab_chunk", "objective.cwt_group_size",
         "train.permanent_every", "train.nonfinite_skip_limit", "data.worker_count", "data.mixing_alpha")},
-    **{key: (0, 1, True, False) for key in ("model.dropout_rate", "data.heldout_fraction", "optim.b1", "optim.b2")},
+    **{key: (0, 1, True, False) for key in ("model.dropout_rate", "data.heldout_fraction", "optim.b1", "optim.b2",
+                                            "objective.eval_mask_rate")},
     **{key: (0, 1, True, True) for key in ("optim.min_lr_ratio", "optim.decay_fraction", "model.rotary_fraction")},
 }
 
@@ -105,10 +106,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None, 
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds the learned position table model.max_len={m.max_len}; "
                           f"set --config.model.max_len={d.seq_len} or shorten data.seq_len")
     if o.task == "mlm":
-        try:
-            num_masked(d.seq_len, o.mask_rate)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        for key in ("mask_rate", "eval_mask_rate") if o.eval_mask_rate else ("mask_rate",):
+            try:
+                num_masked(d.seq_len, o[key])
+            except ValueError as error:
+                raise ConfigError(str(error).replace("objective.mask_rate", f"objective.{key}")) from None
     _check_routing(m)
     _check_observability(config)
     if config.optim.embedding_update == "sparse":

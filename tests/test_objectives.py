@@ -107,6 +107,19 @@ def test_headless_mlm_is_masking_then_model_then_cwt():
     np.testing.assert_allclose(metrics["accuracy"], headless_accuracy(o, params, masked.targets_BxK, valid))
 
 
+def test_held_out_evaluation_masks_at_its_own_rate():
+    """Trained at 0.25 (k = 4 of 16), scored at 0.125 (k = 2): the evaluation is the objective of a run trained at
+    0.125, the training step is not."""
+    _, params, b, objective = setup(config("mlm", "cwt", eval_mask_rate=0.125))
+    _, _, _, objective_at_eval_rate = setup(config("mlm", "cwt", mask_rate=0.125))
+    rng = jax.random.key(3)
+    for deterministic, rate in ((False, 0.25), (True, 0.125)):
+        masked = mask_tokens(b["tokens"], jax.random.split(rng)[0], rate, SPECIAL, VOCAB)
+        assert objective(params, b, rng, deterministic)[1]["num_predictions"] == masked.valid_BxK.sum()
+    np.testing.assert_array_equal(objective(params, b, rng, True)[0], objective_at_eval_rate(params, b, rng, True)[0])
+    assert objective(params, b, rng, False)[0] != objective_at_eval_rate(params, b, rng, False)[0]
+
+
 def test_headless_clm_predicts_next_tokens_within_documents():
     model, params, b, objective = setup(config("clm", "cwt"))
     loss, metrics = objective(params, b, jax.random.key(4), True)
@@ -178,6 +191,15 @@ def test_config_errors_name_the_fix(task, loss, head, options, message):
     cfg.objective.update(options)
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg, num_devices=None)
+
+
+def test_an_evaluation_rate_that_masks_nothing_is_refused_by_name():
+    cfg = config("mlm", "cwt", eval_mask_rate=0.01).as_configdict()  # 0.01 · 16 positions: none masked
+    cfg.data.seq_len = L
+    with pytest.raises(ConfigError, match="--config.objective.eval_mask_rate"):
+        validate_config(cfg, num_devices=None)
+    cfg.objective.eval_mask_rate = 0.15
+    validate_config(cfg, num_devices=None)
 
 
 def test_task_must_match_the_attention_pattern():

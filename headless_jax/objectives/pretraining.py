@@ -46,9 +46,14 @@ def embedding_index(ids: jax.Array, rows_U: jax.Array | None) -> jax.Array:
     return ids if rows_U is None else jnp.searchsorted(rows_U, ids)
 
 
-def _masked(config, special: SpecialTokens, batch: dict, rng: jax.Array):
+def mask_rate(objective_cfg, deterministic: bool) -> float:
+    """The MLM masking rate of a training step (deterministic False) or of a held-out evaluation."""
+    return objective_cfg.eval_mask_rate if deterministic and objective_cfg.eval_mask_rate else objective_cfg.mask_rate
+
+
+def _masked(config, special: SpecialTokens, batch: dict, rng: jax.Array, deterministic: bool = False):
     """MLM: the batch's masking (drawn from the first half of `rng`, dropout uses the second)."""
-    return mask_tokens(batch["tokens"], jax.random.split(rng)[0], config.objective.mask_rate, special,
+    return mask_tokens(batch["tokens"], jax.random.split(rng)[0], mask_rate(config.objective, deterministic), special,
                        config.model.vocab_size)
 
 
@@ -77,7 +82,7 @@ def predictions(config, model, special: SpecialTokens, params, batch: dict, rng:
         return h_BxLxD, routing.collect_stats(state.get(routing.COLLECTION, {}))
 
     if config.objective.task == "mlm":
-        masked = _masked(config, special, batch, rng)
+        masked = _masked(config, special, batch, rng, deterministic)
         h_BxLxD, stats = hidden(masked.tokens_BxL)
         # Gather first: the losses (and the head, unless ce_all_positions) only see the k selected positions.
         o_BxSxD = jnp.take_along_axis(h_BxLxD, masked.positions_BxK[..., None], axis=1)
