@@ -53,6 +53,11 @@ def touched_rows(ids_N: jax.Array, vocab_size: int) -> jax.Array:
     return jnp.unique(ids_N, size=min(ids_N.shape[0], vocab_size), fill_value=vocab_size)
 
 
+def gather_rows(x_V: jax.Array, rows_U: jax.Array) -> jax.Array:
+    """The rows `rows_U` of a [V, ...] array; the padding row V reads as zeros."""
+    return x_V.at[rows_U].get(mode="fill", fill_value=0)
+
+
 def update(state: SparseEmbeddingState, embedding_VxD: jax.Array, rows_U: jax.Array, grads_UxD: jax.Array,
            learning_rate: optax.Schedule, b1: float, b2: float, eps: float, weight_decay: float,
            finite: jax.Array | bool = True) -> tuple[jax.Array, SparseEmbeddingState]:
@@ -60,11 +65,10 @@ def update(state: SparseEmbeddingState, embedding_VxD: jax.Array, rows_U: jax.Ar
     `finite` False, E and the state as they were (the rows are not written: no pass over E)."""
     t = state.count + 1
     lr = learning_rate(state.count)  # as optax.scale_by_learning_rate: the schedule at the count before this update
-    missed_U = (t - 1 - state.updated_at_V.at[rows_U].get(mode="fill", fill_value=0)).astype(jnp.float32)
-    gather = lambda x: x.at[rows_U].get(mode="fill", fill_value=0)  # noqa: E731 — padding rows read as zeros
-    last_mu_UxD, last_nu_UxD = gather(state.mu_VxD), gather(state.nu_VxD)
-    missed_decay_U = state.decay_log - state.decay_log_at_V.at[rows_U].get(mode="fill", fill_value=0)
-    p_UxD = gather(embedding_VxD) * jnp.exp(missed_decay_U)[:, None].astype(embedding_VxD.dtype)
+    missed_U = (t - 1 - gather_rows(state.updated_at_V, rows_U)).astype(jnp.float32)
+    last_mu_UxD, last_nu_UxD = gather_rows(state.mu_VxD, rows_U), gather_rows(state.nu_VxD, rows_U)
+    missed_decay_U = state.decay_log - gather_rows(state.decay_log_at_V, rows_U)
+    p_UxD = gather_rows(embedding_VxD, rows_U) * jnp.exp(missed_decay_U)[:, None].astype(embedding_VxD.dtype)
     # the missed momentum steps: at the j-th, m̂/√v̂ = r^j·m/√v with r = β1/√β2 (the gradient was zero), so they sum
     # to r(1 − r^k)/(1 − r)·m/√v, taken at this step's learning rate and bias corrections, without ε
     r = b1 / b2 ** 0.5

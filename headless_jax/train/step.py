@@ -7,7 +7,7 @@ import optax
 
 from headless_jax.model import embedding_matrix, with_embedding
 from headless_jax.train.layout import Layout
-from headless_jax.train.sparse_embedding import SparseEmbeddingOptimizer, touched_rows
+from headless_jax.train.sparse_embedding import SparseEmbeddingOptimizer, gather_rows, touched_rows
 
 TrainState = dict  # {'params', 'opt_state', 'step', 'rng'}: a plain pytree Orbax saves as is
 Objective = Callable  # (params, batch, rng, deterministic) -> (loss, metrics)
@@ -56,7 +56,7 @@ def build_train_step(objective: Objective, optimizer: optax.GradientTransformati
         if sparse:  # differentiate with respect to the rows of E the step reads (a static bound: its token count)
             embedding_VxD = embedding_matrix(params)
             rows_U = touched_rows(step_rows(batch, step_rng), embedding_VxD.shape[0])
-            params = with_embedding(params, embedding_VxD.at[rows_U].get(mode="fill", fill_value=0))
+            params = with_embedding(params, gather_rows(embedding_VxD, rows_U))
         if microbatches == 1:
             grads, metrics = grads_of(params, batch, step_rng, rows_U)
         else:
