@@ -72,12 +72,21 @@ def base_config() -> ml_collections.ConfigDict:
     r.predictor_weight = 1.0  # topk, causal: weight of the predictor's BCE loss (trains only the predictor)
 
     o = c.objective = ml_collections.ConfigDict()
-    o.task = "mlm"  # mlm | clm
+    o.task = "mlm"  # mlm | clm | clm_then_mlm (biphasic: CLM for clm_fraction of the steps, then MLM; an encoder)
+    o.clm_fraction = 0.5  # clm_then_mlm: share of train.num_steps trained as CLM before the switch to MLM
     o.loss = "cwt"  # cwt | ce | cwt+ce
     o.cwt_weight = 1.0  # loss = cwt_weight·L_CWT + ce_weight·L_CE over the terms in use
     o.ce_weight = 1.0
     o.mask_rate = 0.15  # MLM: exactly round(rate·seq_len) positions per sequence (0.30: MosaicBERT/ModernBERT)
     o.eval_mask_rate = 0.0  # MLM held-out evaluation's rate; 0: mask_rate (MosaicBERT trains at 0.30, scores at 0.15)
+    o.masking = "tokens"  # MLM: tokens (BERT, each position alone) | spans (SpanBERT)
+    o.span_geometric_p = 0.2  # spans: lengths ~ Geometric(p) on 1 … span_max_length (SpanBERT: 0.2, 10; mean 3.8)
+    o.span_max_length = 10
+    o.span_whole_words = True  # spans: lengths count whole words (per the tokenizer's word starts), not tokens
+    o.meap_mask_rate = 0.0  # CLM: share of input positions replaced by [MASK], targets unchanged (MEAP: 0.15)
+    # CLM: prefix LM, each document's first N tokens attend both ways and are not predicted; 0: none;
+    # -1: N uniform in 1 … seq_len-1 per row (the architecture × objective study's non-causal decoder)
+    o.prefix_length = 0
     o.cwt_group_size = 0  # sequences per negative group; 0 = the whole per-step batch
     o.cwt_temperature = 1.0
     o.cwt_block_size = 0  # >0: blockwise CWT with this column block; 0: dense unless over the budget
@@ -168,6 +177,19 @@ def set_objective(config: ml_collections.ConfigDict, loss: str | None, classical
     config.objective.loss = loss
     config.model.head = "none" if loss == "cwt" else classical_head
     return config
+
+
+def recipe_twin(config_file: str, arg: str | None, paper: str, demo: str) -> ml_collections.ConfigDict:
+    """The base of an objective-recipe config (configs/mosaicbert.py, …): `configs/<paper>.py` at the paper's
+    scale, or with `demo` in the comma-separated `arg` the CPU twin `configs/<demo>.py`; the loss in `arg`
+    (cwt | ce | cwt+ce, default cwt) picks headless or classical. E.g. `:ce,demo`."""
+    choices = [a for a in (arg or "").split(",") if a]
+    unknown = [a for a in choices if a not in ("cwt", "ce", "cwt+ce", "demo")]
+    if unknown:
+        raise ValueError(f"{os.path.basename(config_file)}: unknown argument(s) {unknown}; give a loss (cwt, ce, "
+                         "cwt+ce) and/or demo, comma-separated, e.g. :ce,demo")
+    loss = next((a for a in choices if a != "demo"), None)
+    return sibling_config(config_file, demo if "demo" in choices else paper, loss)
 
 
 def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ from absl import app
 from etils import epath
 
 from headless_jax.config import saved_config
-from headless_jax.train.flops import train_flops_per_step
+from headless_jax.train.flops import train_flops_between
 
 matplotlib.use("Agg")  # files only: no display needed
 from matplotlib import pyplot  # noqa: E402 — after choosing the backend
@@ -42,26 +42,28 @@ def read_run(run: str) -> tuple[list[dict], list[dict]]:
     return rows, entries
 
 
-def cost_per_step(entry: dict, x: str) -> float:
-    """What one step of the config of `entry` (a config_history.jsonl line) adds along the x axis `x`."""
+def cost_between(entry: dict, x: str, start, end):
+    """What the steps start … end-1 of the config of `entry` (a config_history.jsonl line) add along the x axis
+    `x` (start and end may be arrays)."""
     if x == "step":
-        return 1.0
+        return end - start
     config = saved_config(entry["config"])
     if x == "tokens":
-        return float(config.train.global_batch_size * config.data.seq_len)
-    return float(train_flops_per_step(config)["total"])
+        return (end - start) * float(config.train.global_batch_size * config.data.seq_len)
+    return train_flops_between(config, start, end)
 
 
 def x_of_steps(history: list[dict], steps: np.ndarray, x: str) -> np.ndarray:
     """The x of each step: Σ over the steps up to it of their config's cost. A session that resumed from a
     checkpoint at step s trained the steps after s with its own config, replacing what earlier sessions did there."""
-    starts, costs = [], []
+    starts, sessions = [], []
     for entry in history:
         kept = [i for i, start in enumerate(starts) if start < entry["start_step"]]
-        starts, costs = [starts[i] for i in kept] + [entry["start_step"]], [costs[i] for i in kept] + [
-            cost_per_step(entry, x)]
+        starts, sessions = [starts[i] for i in kept] + [entry["start_step"]], [sessions[i] for i in kept] + [entry]
     ends = starts[1:] + [np.inf]
-    return sum(cost * np.clip(steps - start, 0, end - start) for start, end, cost in zip(starts, ends, costs))
+    steps = np.asarray(steps, np.float64)
+    return sum(cost_between(entry, x, start, np.clip(steps, start, end))
+               for start, end, entry in zip(starts, ends, sessions))
 
 
 def curves(runs: list[str], metrics: list[str], x: str = "step") -> Curves:

@@ -15,6 +15,7 @@ from headless_jax import command, distributed
 RUNNERS: dict[str, str] = {
     "classify": "headless_jax.downstream.finetune:run",
     "lm_eval": "headless_jax.downstream.lm_eval:run",
+    "mlm_eval": "headless_jax.downstream.mlm_eval:run",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Downstream config file (configs/*.py).")

@@ -26,7 +26,8 @@ from headless_jax.data.errors import MissingDataError
 from headless_jax.data.tokenizer import BaseTokenizer
 from headless_jax.data.tokenizer import load_run_tokenizer, tokenizer_from_file
 from headless_jax.model import LanguageModel
-from headless_jax.objectives import ObjectiveFn, SpecialTokens, build_objective, build_rows_read
+from headless_jax.objectives import (ObjectiveFn, SpecialTokens, build_objective, build_rows_read, final_task,
+                                     trained_tasks)
 from headless_jax.train.checkpoint import Checkpointer, DamagedCheckpoint, orbax_directory
 from headless_jax.train.init_from import InitFromError, start_params
 from headless_jax.train.layout import Layout
@@ -62,6 +63,9 @@ class Experiment:
     seed: int = 0
     config: ml_collections.ConfigDict | None = None  # a pretraining config (None for fine-tuning experiments)
     rows_read: Callable | None = None  # optim.embedding_update=sparse: the rows of E a step reads (build_rows_read)
+    # task → (objective, rows_read) of each task the run trains: two for a biphasic CLM → MLM run, whose phases
+    # share model, optimiser and state; `objective` and `rows_read` are those of the final task
+    task_objectives: dict[str, tuple[ObjectiveFn, Callable | None]] | None = None
 
     def state_fn(self, params_fn: Callable[..., dict]) -> Callable[..., TrainState]:
         """jit of `(*args, rng) → state` with params = params_fn(*args, rng) (logical-axis boxes allowed), fresh
@@ -109,20 +113,35 @@ class Experiment:
     def _init_from(self, params: dict) -> dict:
         config = self.config
         try:
-            source = load_pretrained(config.train.init_from, self.layout, tokenizer_model=config.data.tokenizer_model,
-                                     causal=config.model.causal)
+            # an encoder may start from a decoder (MLM adaptation of a CLM run): the parameters decide what fits
+            source = load_pretrained(config.train.init_from, self.layout, tokenizer_model=config.data.tokenizer_model)
         except PretrainedError as error:
             raise InitFromError(f"train.init_from: {error}") from None
         return jax.device_put(start_params(config, params, source.config, source.params),
                               self.state_shardings["params"])
 
     def with_tokenizer(self, tokenizer) -> "Experiment":
-        """This (pretraining) experiment with the objective of `tokenizer`: its special ids (masking) and the UTF-8
-        bytes of its tokens (bits per byte)."""
-        special = special_tokens(tokenizer)
-        objective = build_objective(self.config, self.model, special, tokenizer.token_bytes(self.config.model.vocab_size))
-        rows_read = build_rows_read(self.config, special) if self.rows_read is not None else None
-        return dataclasses.replace(self, objective=objective, rows_read=rows_read)
+        """This (pretraining) experiment with the objectives of `tokenizer`: its special ids (masking), the UTF-8
+        bytes of its tokens (bits per byte) and the tokens that begin a word (whole-word span masking)."""
+        vocab_size = self.config.model.vocab_size
+        return self._with_objectives(pretraining_objectives(
+            self.config, self.model, special_tokens(tokenizer), self.rows_read is not None,
+            tokenizer.token_bytes(vocab_size), tokenizer.word_starts(vocab_size)))
+
+    def _with_objectives(self, task_objectives: dict) -> "Experiment":
+        objective, rows_read = task_objectives[final_task(self.config)]
+        return dataclasses.replace(self, objective=objective, rows_read=rows_read, task_objectives=task_objectives)
+
+    @functools.cached_property
+    def _phases(self) -> dict[str, "Experiment"]:
+        return {task: self if objective is self.objective else
+                dataclasses.replace(self, objective=objective, rows_read=rows_read)
+                for task, (objective, rows_read) in (self.task_objectives or {}).items()}
+
+    def for_task(self, task: str) -> "Experiment":
+        """This experiment training `task` (mlm | clm): itself, or a biphasic run's other phase (its own jitted
+        steps on the same state)."""
+        return self._phases.get(task, self)
 
     @functools.cached_property
     def train_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -152,9 +171,18 @@ def build_experiment(config: ml_collections.ConfigDict, devices=None, layout: La
     model = LanguageModel(ml_collections.FrozenConfigDict(config.model))
     configured_optimizer, schedule = train_optimizer(config)
     sparse = optimizer is None and config.optim.embedding_update == "sparse"
-    return Experiment(layout, model, build_objective(config, model, SpecialTokens()),
-                      optimizer or configured_optimizer, schedule, config.data.seq_len, config.train.microbatches,
-                      config.seed, config, build_rows_read(config, SpecialTokens()) if sparse else None)
+    task_objectives = pretraining_objectives(config, model, SpecialTokens(), sparse)
+    objective, rows_read = task_objectives[final_task(config)]
+    return Experiment(layout, model, objective, optimizer or configured_optimizer, schedule, config.data.seq_len,
+                      config.train.microbatches, config.seed, config, rows_read, task_objectives)
+
+
+def pretraining_objectives(config: ml_collections.ConfigDict, model: nn.Module, special: SpecialTokens, sparse: bool,
+                           token_bytes_V=None, word_starts_V=None) -> dict[str, tuple[ObjectiveFn, Callable | None]]:
+    """task → (objective, rows_read or None) for each task the config trains."""
+    return {task: (build_objective(config, model, special, token_bytes_V, word_starts_V, task),
+                   build_rows_read(config, special, task, word_starts_V) if sparse else None)
+            for task in trained_tasks(config)}
 
 
 class PretrainedError(ValueError):

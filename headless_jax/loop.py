@@ -14,10 +14,11 @@ from jax.experimental import multihost_utils
 from headless_jax import data as data_lib
 from headless_jax import logs
 from headless_jax.experiment import Experiment, build_experiment
-from headless_jax.objectives import bits_per_byte
+from headless_jax.objectives import switch_step, task_at
 from headless_jax.train import flops as flops_lib
 from headless_jax.train.checkpoint import Checkpointer
 from headless_jax.train.goodput import TimeAccount
+from headless_jax.train.heldout import evaluate, mean_metrics
 from headless_jax.train.init_from import resolve_tokenizer
 from headless_jax.train.metrics import MetricsWriter
 from headless_jax.train.profiler import StepProfiler
@@ -51,30 +52,6 @@ class Preemption:
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
-
-
-def mean_metrics(metrics_list: list[dict]) -> dict[str, float]:
-    """Means over steps or batches weighted by their predictions (num_predictions itself is summed)."""
-    stacked = {k: np.array([float(m[k]) for m in metrics_list]) for k in metrics_list[0]}
-    weights = stacked.get("num_predictions", np.ones(len(metrics_list)))
-    weights = weights / max(weights.sum(), 1e-9)
-    return {k: float(v.sum() if k == "num_predictions" else (v * weights).sum()) for k, v in stacked.items()}
-
-
-def with_bits_per_byte(metrics: dict[str, float]) -> dict[str, float]:
-    bpb = bits_per_byte(metrics)
-    return metrics if bpb is None else dict(metrics, bits_per_byte=bpb)
-
-
-def evaluate(eval_step, params, batches_by_source: dict[str, list[dict]]) -> dict[str, float]:
-    """Held-out metrics over all sources' batches, and per source as `<name>/<metric>` when there are several."""
-    per_source = {name: jax.device_get([eval_step(params, batch) for batch in batches])
-                  for name, batches in batches_by_source.items()}
-    results = with_bits_per_byte(mean_metrics([m for metrics in per_source.values() for m in metrics]))
-    if len(per_source) > 1:
-        for name, metrics in per_source.items():
-            results.update({f"{name}/{k}": v for k, v in with_bits_per_byte(mean_metrics(metrics)).items()})
-    return results
 
 
 class TokensSeen:
@@ -209,17 +186,19 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
     The time account's clock runs for data, step, eval or checkpoint; logging counts as step time (it overlaps the
     step the devices are running)."""
     t, layout = config.train, experiment.layout
-    train_step, eval_step = experiment.train_step, experiment.eval_step
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     writer = MetricsWriter(str(workdir), config, resumed_at=start)
     profiler = StepProfiler(t.profile_steps, t.num_steps, str(workdir))
-    flops_per_step = flops_lib.train_flops_per_step(config)["total"]
     peak, peak_source = flops_lib.peak_flops_per_device(t.peak_flops_per_device)
     tokens_per_step = t.global_batch_size * config.data.seq_len
     is_main = jax.process_index() == 0
     if is_main:
+        flops_per_step = flops_lib.train_flops_between(config, start, start + 1)
         print(f"{num_params / 1e6:.2f}M parameters on {jax.device_count()} devices; "
               f"{flops_per_step / 1e9:.2f} GFLOP per step; peak {peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
+        if config.objective.task == "clm_then_mlm":
+            print(f"Biphasic: CLM for steps 1 … {switch_step(config.objective, t.num_steps)}, then MLM (the switch "
+                  "compiles the MLM step once)")
     config_dict = json.loads(config.to_json_best_effort())
     preemption = Preemption()
     bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
@@ -241,7 +220,7 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
         values["tokens_per_second"] = steps * tokens_per_step / elapsed
         values["step_ms"] = 1000 * elapsed / steps
         values["data_wait_ms"] = 1000 * (data_s - last_report_data_s) / steps
-        values["mfu"] = steps * flops_per_step / elapsed / (peak * jax.device_count())
+        values["mfu"] = flops_lib.train_flops_between(config, step - steps, step) / elapsed / (peak * jax.device_count())
         values.update(flops_lib.routing_flops_metrics(config, values))
         values.update({f"tokens_seen/{name}": v for name, v in tokens_seen.totals().items()})
         values.update(account.metrics())
@@ -278,7 +257,7 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
             with account.part("other"):
                 profiler.before(done, state)
             account.switch("step")
-            state, metrics = train_step(state, batch)
+            state, metrics = experiment.for_task(task_at(config.objective, step, t.num_steps)).train_step(state, batch)
             report_due = pending and (step % t.log_every == 0)
             if report_due:
                 report(step)  # the steps before this one, while this one runs
@@ -291,7 +270,8 @@ def _run(config, workdir, experiment: Experiment, state, start, train_iterator, 
             stopping = preemption.reached(done)
             if done % t.eval_every == 0 or done == t.num_steps:
                 report(done)
-                account.switch("eval")
+                account.switch("eval")  # held-out metrics of the task this step trained
+                eval_step = experiment.for_task(task_at(config.objective, step, t.num_steps)).eval_step
                 results = evaluate(eval_step, state["params"], eval_batches)
                 results.update(flops_lib.routing_flops_metrics(config, results))
                 writer.write(done, "eval", results)

@@ -25,7 +25,8 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": IMPLEMENTATIONS,
     "model.remat": ("none", "full", "dots"),
-    "objective.task": ("mlm", "clm"),
+    "objective.task": ("mlm", "clm", "clm_then_mlm"),
+    "objective.masking": ("tokens", "spans"),
     "objective.loss": ("cwt", "ce", "cwt+ce"),
     "data.packing": PACKINGS,
     "optim.schedule": SCHEDULES,
@@ -50,9 +51,14 @@ RANGES = {
         "objective.ce_weight", "objective.cwt_block_size", "objective.ce_vocab_chunk", "objective.cwt_group_size",
         "train.permanent_every", "train.nonfinite_skip_limit", "data.worker_count", "data.mixing_alpha")},
     **{key: (0, 1, True, False) for key in ("model.dropout_rate", "data.heldout_fraction", "optim.b1", "optim.b2",
-                                            "objective.eval_mask_rate")},
-    **{key: (0, 1, True, True) for key in ("optim.min_lr_ratio", "optim.decay_fraction", "model.rotary_fraction")},
+                                            "objective.eval_mask_rate", "objective.meap_mask_rate")},
+    **{key: (0, 1, True, True) for key in ("optim.min_lr_ratio", "optim.decay_fraction", "model.rotary_fraction",
+                                           "objective.clm_fraction")},
+    **{key: (0, 1, False, True) for key in ("objective.span_geometric_p",)},
 }
+
+
+MAX_SPAN_SEQ_LEN = 46340  # span masking's int32 order key holds seq_len² values
 
 
 class ConfigError(ValueError):
@@ -89,8 +95,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None, 
                               f"--config.{key}=...")
     m, o, t, d = config.model, config.objective, config.train, config.data
 
-    if o.task == "mlm" and m.causal:
-        raise ConfigError("objective.task='mlm' needs a bidirectional encoder: set --config.model.causal=False")
+    if o.task in ("mlm", "clm_then_mlm") and m.causal:
+        raise ConfigError(f"objective.task={o.task!r} needs a bidirectional encoder (a biphasic run's CLM phase "
+                          "attends causally by itself): set --config.model.causal=False")
     if o.task == "clm" and not m.causal:
         raise ConfigError("objective.task='clm' needs a causal decoder: set --config.model.causal=True")
     if "ce" in o.loss.split("+") and m.head == "none":
@@ -105,12 +112,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None, 
     if m.positions == "learned" and d.seq_len > m.max_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds the learned position table model.max_len={m.max_len}; "
                           f"set --config.model.max_len={d.seq_len} or shorten data.seq_len")
-    if o.task == "mlm":
-        for key in ("mask_rate", "eval_mask_rate") if o.eval_mask_rate else ("mask_rate",):
-            try:
-                num_masked(d.seq_len, o[key])
-            except ValueError as error:
-                raise ConfigError(str(error).replace("objective.mask_rate", f"objective.{key}")) from None
+    _check_recipe(config)
     _check_routing(m)
     _check_observability(config)
     if config.optim.embedding_update == "sparse":
@@ -146,6 +148,50 @@ def _check_batch(config: ml_collections.ConfigDict, num_devices: int, process_co
             logging.warning("objective.cwt_group_size=%d spans several batch shards (%d sequences per shard): the "
                             "CWT logits then need communication; a divisor of %d keeps each group on one device",
                             o.cwt_group_size, rows // batch_shards, rows // batch_shards)
+
+
+def _check_recipe(config: ml_collections.ConfigDict) -> None:
+    """The MLM-literature settings of the objective (docs/objectives.md)."""
+    m, o, d = config.model, config.objective, config.data
+    mlm, clm = o.task in ("mlm", "clm_then_mlm"), o.task in ("clm", "clm_then_mlm")
+    rates = [key for key, used in (("mask_rate", mlm), ("eval_mask_rate", mlm and o.eval_mask_rate),
+                                   ("meap_mask_rate", clm and o.meap_mask_rate)) if used]
+    for key in rates:
+        try:
+            num_masked(d.seq_len, o[key])
+        except ValueError as error:
+            raise ConfigError(str(error).replace("objective.mask_rate", f"objective.{key}")) from None
+    if o.meap_mask_rate and not clm:
+        raise ConfigError(f"objective.meap_mask_rate={o.meap_mask_rate} masks a causal model's inputs (MEAP), but "
+                          f"objective.task={o.task!r}; set --config.objective.task=clm or the rate to 0")
+    if o.masking == "spans":
+        if not mlm:
+            raise ConfigError("objective.masking='spans' chooses MLM's masked positions, but objective.task='clm' "
+                              "masks none; set --config.objective.masking=tokens or an MLM task")
+        if not isinstance(o.span_max_length, int) or not 1 <= o.span_max_length <= d.seq_len:
+            raise ConfigError(f"objective.span_max_length={o.span_max_length!r}: a span of at most that many units "
+                              f"must fit a sequence of data.seq_len={d.seq_len}; set it in 1 … {d.seq_len}")
+        if d.seq_len > MAX_SPAN_SEQ_LEN:
+            raise ConfigError(f"objective.masking='spans' orders positions by an int32 key of seq_len² values, which "
+                              f"data.seq_len={d.seq_len} overflows; use seq_len ≤ {MAX_SPAN_SEQ_LEN} or token masking")
+    if o.task == "clm_then_mlm" and m.routing.kind != "none":
+        raise ConfigError("objective.task='clm_then_mlm' switches the encoder's attention from causal to bidirectional, "
+                          "which routed layers (decided per kind) do not follow; set --config.model.routing.kind=none")
+    if o.prefix_length:
+        if not clm:
+            raise ConfigError(f"objective.prefix_length={o.prefix_length} makes a causal model's prefix bidirectional, "
+                              f"but objective.task={o.task!r}; set --config.objective.task=clm or the length to 0")
+        if not isinstance(o.prefix_length, int) or not -1 <= o.prefix_length < d.seq_len:
+            raise ConfigError(f"objective.prefix_length={o.prefix_length!r} must be shorter than the sequence "
+                              f"(data.seq_len={d.seq_len}) so that a token is left to predict: set it in 1 … "
+                              f"{d.seq_len - 1}, or -1 for a random length per row, or 0 for none")
+        if m.routing.kind != "none":
+            raise ConfigError("objective.prefix_length: a prefix LM's prefix mask is not carried into routed layers; "
+                              "set --config.model.routing.kind=none or --config.objective.prefix_length=0")
+        if m.attention == "splash":
+            raise ConfigError("objective.prefix_length: splash attention's masks are fixed when the kernel is built, "
+                              "so it cannot take a per-row prefix; set --config.model.attention=auto (xla on TPU) "
+                              "or cudnn")
 
 
 def _check_sparse_embedding(config: ml_collections.ConfigDict) -> None:

@@ -96,7 +96,7 @@ def test_explicit_kernel_that_cannot_run_names_the_reason(name, backend, dtype, 
 
 
 def xla_in_chunks_of(causal_chunk: int):
-    return lambda q, k, v, segments, causal: attention.xla_attention(q, k, v, segments, causal, causal_chunk)
+    return lambda q, k, v, segments, causal: attention.xla_attention(q, k, v, segments, causal, causal_chunk=causal_chunk)
 
 
 @pytest.mark.parametrize("causal_chunk", [64, attention.XLA_CAUSAL_CHUNK])

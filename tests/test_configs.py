@@ -20,7 +20,9 @@ TWIN_ARGS = {"demo": [None, "ce", "cwt+ce"], "clm_demo": [None, "ce"], "bert_bas
              "pythia70m": [None, "ce"], "pythia160m": [None, "ce"], "multilingual": [None, "ce"],
              "vocab_study": [None, "ce,200000"], "batch_study": [None, "ce,256"], "lm_head": [None],
              "skip_demo": [None, "ce", "topk", "ce,topk", "cwt,topk,clm", "ce,skip,clm"],
-             "skip_pythia70m": [None, "ce", "cwt,skip", "ce,skip"]}
+             "skip_pythia70m": [None, "ce", "cwt,skip", "ce,skip"],
+             **{recipe: [None, "ce", "demo", "ce,demo"] for recipe in ("mosaicbert", "spanbert", "meap", "prefix_lm",
+                                                                     "biphasic")}}
 
 
 def load_config(name: str, arg: str | None):
@@ -38,6 +40,7 @@ def test_every_config_file_is_covered():
 DOWNSTREAM_CONFIGS: dict[str, list] = {  # `python -m headless_jax.evaluate` configs, checked by their own tests
     "glue": [None, "sst2", "rte,mrpc"], "xnli": [None], "books": [None],  # tests/test_classify.py
     "lm_eval": [None, "lambada"],  # tests/test_lm_eval.py
+    "mlm_eval": [None],  # tests/test_recipes.py
 }
 
 

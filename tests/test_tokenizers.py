@@ -207,3 +207,17 @@ def test_token_bytes_of_special_and_padding_ids_are_zero(either):
 def test_lm_eval_token_pieces_use_the_tokenizers_offsets(either):
     text = "She said naïve 中文 words.  \n"
     assert token_pieces(either, text) == either.encode_with_offsets(text.rstrip())
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_word_starts_are_the_tokens_that_begin_with_whitespace(either, text):
+    """Whole-word span masking's units: a token begins a word iff its own bytes of the text begin with whitespace
+    (SentencePiece's "▁", byte-level BPE's "Ġ"); special and padding ids are units of their own."""
+    size = MODEL_VOCAB if isinstance(either, HFTokenizer) else SP_VOCAB
+    starts = either.word_starts(size)
+    data = text.encode("utf-8")
+    pieces = either.encode_with_offsets(text)
+    assert any(starts[i] for i, _, _ in pieces) and not all(starts[i] for i, _, _ in pieces)
+    for token_id, begin, _ in pieces:
+        assert starts[token_id] == (data[begin:begin + 1] in (b" ", b"\n", b"\t", b"\r")), (token_id, data[begin:])
+    assert starts[list(either.special_ids)].all() and starts[either.vocab_size:].all()

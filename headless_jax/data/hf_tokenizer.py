@@ -45,7 +45,9 @@ class HFTokenizer(BaseTokenizer):
         self._set_special_ids(ids, [i for i, token in self._added.items() if token.special])
         self.serialized = self._tokenizer.to_str()  # after the additions: what save_to_run writes
         self.fingerprint = cache_key(self.serialized)
-        self._byte_level = _has_component(json.loads(self.serialized).get("decoder"), "ByteLevel")
+        spec = json.loads(self.serialized)
+        self._byte_level = _has_component(spec.get("decoder"), "ByteLevel")
+        self._wordpiece = (spec.get("model") or {}).get("type") == "WordPiece"
 
     @property
     def vocab_size(self) -> int:
@@ -73,6 +75,16 @@ class HFTokenizer(BaseTokenizer):
         data = self.serialized.encode("utf-8")
         if not path.exists() or path.read_bytes() != data:
             write_atomically(path, data)
+
+    def _starts_word(self, token_id: int) -> bool:
+        token = self._tokenizer.id_to_token(token_id)
+        if token_id in self._added or token is None:
+            return True
+        if self._wordpiece:  # BERT: a word's later pieces are the "##" ones
+            return not token.startswith("##")
+        if _BYTE_PIECE.fullmatch(token):  # byte fallback: whitespace begins a word
+            return chr(int(token[3:5], 16)) in " \n\t\r"
+        return token[:1] in (("Ġ", "Ċ", "ĉ", "č") if self._byte_level else ("▁", " ", "\n"))  # byte-level: space \n \t \r
 
     def _id_bytes(self, token_id: int) -> int:
         added = self._added.get(token_id)

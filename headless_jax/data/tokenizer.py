@@ -24,6 +24,7 @@ from headless_jax.data.tokenizer_base import RUN_HF_TOKENIZER_FILE, RUN_TOKENIZE
 __all__ = ["BaseTokenizer", "HFTokenizer", "RUN_HF_TOKENIZER_FILE", "RUN_TOKENIZER_FILE", "Tokenizer", "load_run_tokenizer",
            "load_tokenizer", "tokenizer_from_file", "train_sentencepiece"]
 
+_WORD_START = ("▁", " ", "\n", "\t", "\r")  # a piece beginning with one of these begins a word
 _USER_DEFINED = ("[MASK]", "[CLS]", "[SEP]")  # ids 4, 5, 6: SentencePiece numbers them after the control ids
 _MAX_SENTENCE_CHARS = 16384  # longer paragraphs are cut: SentencePiece skips over-long sentences
 _TRAINER_OPTIONS = dict(
@@ -104,6 +105,13 @@ class Tokenizer(BaseTokenizer):
         proto = self.processor.serialized_model_proto()
         if not path.exists() or path.read_bytes() != proto:
             write_atomically(path, proto)
+
+    def _starts_word(self, token_id: int) -> bool:
+        sp = self.processor
+        piece = sp.id_to_piece(token_id)
+        if sp.is_byte(token_id):  # byte fallback "<0x09>": whitespace begins a word, other bytes are inside one
+            return chr(int(piece[3:5], 16)) in _WORD_START
+        return sp.is_control(token_id) or sp.is_unknown(token_id) or sp.is_unused(token_id) or piece[:1] in _WORD_START
 
     def _id_bytes(self, token_id: int) -> int:
         sp = self.processor

@@ -74,6 +74,25 @@ class BaseTokenizer(abc.ABC):
         counts[:self.vocab_size] = self._byte_counts
         return counts
 
+    @abc.abstractmethod
+    def _starts_word(self, token_id: int) -> bool:
+        """Whether `token_id` (not a special id) begins a word: whole-word masking's unit boundary."""
+
+    def word_starts(self, size: int) -> np.ndarray:
+        """bool [size]: the ids that begin a word (a piece after a space), special and unused ids included (each
+        is a unit of its own), for whole-word span masking."""
+        if size < self.vocab_size:
+            raise ValueError(f"word_starts({size}): the tokenizer has {self.vocab_size} ids")
+        starts = np.ones(size, bool)
+        starts[:self.vocab_size] = self._word_start_table
+        return starts
+
+    @functools.cached_property
+    def _word_start_table(self) -> np.ndarray:
+        starts = np.array([self._starts_word(i) for i in range(self.vocab_size)], bool)
+        starts[list(self.special_ids)] = True
+        return starts
+
     @functools.cached_property
     def _byte_counts(self) -> np.ndarray:
         counts = np.array([self._id_bytes(i) for i in range(self.vocab_size)], np.int32)

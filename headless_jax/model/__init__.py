@@ -24,8 +24,11 @@ class LanguageModel(nn.Module):
             self.head = VocabularyHead(self.config)
 
     def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, deterministic: bool = True,
-                 embedding_rows_UxD: jax.Array | None = None) -> jax.Array:
-        h_BxLxD = self.body(tokens_BxL, segment_ids_BxL, positions_BxL, deterministic, embedding_rows_UxD)
+                 embedding_rows_UxD: jax.Array | None = None, causal: bool | None = None,
+                 prefix_BxL: jax.Array | None = None) -> jax.Array:
+        """See Transformer.__call__ for the optional arguments."""
+        h_BxLxD = self.body(tokens_BxL, segment_ids_BxL, positions_BxL, deterministic, embedding_rows_UxD, causal,
+                            prefix_BxL)
         if self.is_initializing() and self.config.head != "none":
             self.decoder(h_BxLxD[:, 0])  # create the head's parameters at init
         return h_BxLxD

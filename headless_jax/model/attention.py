@@ -2,7 +2,8 @@
 
 `xla` is the reference (plain einsums, float32 softmax, runs anywhere); `cudnn` is the fused flash kernel
 through `jax.nn.dot_product_attention`; `splash` is the Pallas TPU kernel. `auto` picks per backend.
-Masking is always causal (optional) ∧ same segment ∧ key not padding (segment id 0 = padding).
+Masking is always causal (optional) ∧ same segment ∧ key not padding (segment id 0 = padding). A prefix LM
+adds: a query in the prefix may attend every key of the prefix (of its own segment).
 """
 import functools
 
@@ -17,8 +18,10 @@ PREFERRED = {"gpu": "cudnn", "tpu": "splash"}  # per backend; xla elsewhere
 XLA_CAUSAL_CHUNK = 128  # query rows per chunk of the causal xla path
 
 
-def unsupported_reason(implementation: str, dtype, length: int, head_dim: int, backend: str) -> str | None:
-    """Why `implementation` cannot take [B,length,H,head_dim] inputs of `dtype` on `backend` (None if it can)."""
+def unsupported_reason(implementation: str, dtype, length: int, head_dim: int, backend: str,
+                       prefix: bool = False) -> str | None:
+    """Why `implementation` cannot take [B,length,H,head_dim] inputs of `dtype` on `backend` (None if it can);
+    `prefix`: with a prefix LM's per-row prefix mask."""
     if implementation == "cudnn":
         if backend != "gpu":
             return f"cuDNN attention needs a GPU backend, not {backend!r}"
@@ -29,6 +32,8 @@ def unsupported_reason(implementation: str, dtype, length: int, head_dim: int, b
         if length % 2:  # the segment mask enters the kernel as a bias, which training needs at even lengths
             return f"cuDNN with a mask needs an even sequence length, not {length}"
     if implementation == "splash":
+        if prefix:
+            return "splash attention's masks are fixed when it is built; a prefix LM's per-row prefix needs xla or cudnn"
         if backend != "tpu":
             return f"splash attention is a TPU kernel; the backend is {backend!r}"
         if length % SPLASH_BLOCK:
@@ -36,7 +41,8 @@ def unsupported_reason(implementation: str, dtype, length: int, head_dim: int, b
     return None
 
 
-def resolve_implementation(name: str, dtype, length: int, head_dim: int, backend: str | None = None) -> str:
+def resolve_implementation(name: str, dtype, length: int, head_dim: int, backend: str | None = None,
+                           prefix: bool = False) -> str:
     """The implementation that runs: `auto` is the backend's fused kernel where it can take these inputs
     (cuDNN on GPU for bfloat16/float16, splash on TPU for lengths that are multiples of 128), else `xla`.
     An explicit kernel that cannot take them is an error naming the reason."""
@@ -45,8 +51,8 @@ def resolve_implementation(name: str, dtype, length: int, head_dim: int, backend
     backend = backend or jax.default_backend()
     if name == "auto":
         preferred = PREFERRED.get(backend, "xla")
-        return "xla" if unsupported_reason(preferred, dtype, length, head_dim, backend) else preferred
-    reason = unsupported_reason(name, dtype, length, head_dim, backend)
+        return "xla" if unsupported_reason(preferred, dtype, length, head_dim, backend, prefix) else preferred
+    reason = unsupported_reason(name, dtype, length, head_dim, backend, prefix)
     if reason:
         raise ValueError(f"attention implementation {name!r} cannot run here: {reason}. Set "
                          "--config.model.attention=auto (falls back to xla) or change the model")
@@ -54,8 +60,9 @@ def resolve_implementation(name: str, dtype, length: int, head_dim: int, backend
 
 
 def attention_mask(segment_ids_BxL: jax.Array, causal: bool, query_start: int = 0,
-                   query_length: int | None = None) -> jax.Array:
-    """[B,1,Q,T] boolean: query i (rows query_start … query_start+Q of the sequence) may attend key j < T."""
+                   query_length: int | None = None, prefix_BxL: jax.Array | None = None) -> jax.Array:
+    """[B,1,Q,T] boolean: query i (rows query_start … query_start+Q of the sequence) may attend key j < T.
+    prefix_BxL (causal, whole rows only): also where query and key are both in the prefix."""
     query_length = query_length or segment_ids_BxL.shape[1] - query_start
     key_segments_BxT = segment_ids_BxL[:, :query_start + query_length] if causal else segment_ids_BxL
     query_segments_BxQ = segment_ids_BxL[:, query_start:query_start + query_length]
@@ -63,7 +70,10 @@ def attention_mask(segment_ids_BxL: jax.Array, causal: bool, query_start: int = 
     allowed_BxQxT = same_segment_BxQxT & (key_segments_BxT[:, None, :] != 0)
     if causal:
         query_positions = query_start + jnp.arange(query_length)
-        allowed_BxQxT &= (query_positions[:, None] >= jnp.arange(key_segments_BxT.shape[1])[None, :])[None]
+        visible_BxQxT = (query_positions[:, None] >= jnp.arange(key_segments_BxT.shape[1])[None, :])[None]
+        if prefix_BxL is not None:
+            visible_BxQxT = visible_BxQxT | (prefix_BxL[:, :, None] & prefix_BxL[:, None, :])
+        allowed_BxQxT &= visible_BxQxT
     return allowed_BxQxT[:, None]
 
 
@@ -75,13 +85,15 @@ def _softmax_attention(q_BxQxHxK, k_BxTxHxK, v_BxTxHxK, mask_Bx1xQxT) -> jax.Arr
     return jnp.einsum("bhqt,bthk->bqhk", probs_BxHxQxT, v_BxTxHxK)
 
 
-def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool,
+def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool, prefix_BxL=None,
                   causal_chunk: int = XLA_CAUSAL_CHUNK) -> jax.Array:
     """Plain einsums. Causal and longer than `causal_chunk`: queries go in chunks that only score the keys up
-    to their own end, which skips the upper triangle: C chunks do (C+1)/2C of the L² work (16 at L = 2048: 53 %)."""
+    to their own end, which skips the upper triangle: C chunks do (C+1)/2C of the L² work (16 at L = 2048: 53 %).
+    A prefix LM's prefix queries see keys past their own end, so it takes the whole square."""
     length = q_BxLxHxK.shape[1]
-    if not causal or length <= causal_chunk or length % causal_chunk:
-        return _softmax_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, attention_mask(segment_ids_BxL, causal))
+    if not causal or prefix_BxL is not None or length <= causal_chunk or length % causal_chunk:
+        mask = attention_mask(segment_ids_BxL, causal, prefix_BxL=prefix_BxL)
+        return _softmax_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask)
     chunks = []
     for start in range(0, length, causal_chunk):
         end = start + causal_chunk
@@ -90,16 +102,18 @@ def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool
     return jnp.concatenate(chunks, axis=1)
 
 
-def cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool) -> jax.Array:
+def cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool, prefix_BxL=None) -> jax.Array:
     """cuDNN flash kernel. The segment/padding mask reaches it as a [B,1,L,L] additive bias (large negative
     where masked), so it costs B·L² memory (and JAX's cuDNN backward also forms that bias's unused gradient);
-    fully masked (padding) query rows stay finite."""
-    mask = attention_mask(segment_ids_BxL, causal=False)  # causality goes through the kernel's own flag
+    fully masked (padding) query rows stay finite. Causality goes through the kernel's own flag, except for a
+    prefix LM, whose whole pattern is in the mask."""
+    with_prefix = prefix_BxL is not None
+    mask = attention_mask(segment_ids_BxL, causal=causal and with_prefix, prefix_BxL=prefix_BxL)
     return jax.nn.dot_product_attention(
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask, is_causal=causal, implementation="cudnn")
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask, is_causal=causal and not with_prefix, implementation="cudnn")
 
 
-def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool,
+def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool, prefix_BxL=None,
                      interpret: bool = False) -> jax.Array:
     """Splash kernel; `interpret=True` runs it through the Pallas interpreter (any backend; for tests only).
     Padding (segment 0) keys are masked for real queries because their segment differs."""
@@ -123,8 +137,11 @@ _KERNELS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_att
 
 
 def dot_product_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
-                          segment_ids_BxL: jax.Array, causal: bool, implementation: str = "auto") -> jax.Array:
-    """Softmax attention; returns [B,L,H,K]. Queries of padding rows produce unspecified (finite) values."""
+                          segment_ids_BxL: jax.Array, causal: bool, implementation: str = "auto",
+                          prefix_BxL: jax.Array | None = None) -> jax.Array:
+    """Softmax attention; returns [B,L,H,K]. Queries of padding rows produce unspecified (finite) values.
+    prefix_BxL (causal only): bool, the prefix LM's prefix tokens, which attend each other both ways."""
     _, length, _, head_dim = q_BxLxHxK.shape
-    kernel = _KERNELS[resolve_implementation(implementation, q_BxLxHxK.dtype, length, head_dim)]
-    return kernel(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal)
+    with_prefix = causal and prefix_BxL is not None
+    kernel = _KERNELS[resolve_implementation(implementation, q_BxLxHxK.dtype, length, head_dim, prefix=with_prefix)]
+    return kernel(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal, prefix_BxL if with_prefix else None)

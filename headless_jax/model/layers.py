@@ -79,9 +79,11 @@ class Projection(nn.Module):
 
 class Attention(nn.Module):
     cfg: object
+    causal: bool | None = None  # None: cfg.causal
 
     @nn.compact
-    def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL, deterministic: bool) -> jax.Array:
+    def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL, deterministic: bool,
+                 prefix_BxL: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
         heads = (cfg.num_heads, cfg.head_dim)
 
@@ -95,8 +97,9 @@ class Attention(nn.Module):
             k_BxLxHxK = rotate(k_BxLxHxK, positions_BxL, cfg.rotary_fraction, cfg.rotary_base)
         axes = ("batch", "length", "act_heads", "kv")
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (nn.with_logical_constraint(a, axes) for a in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
-        out_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL,
-                                            causal=cfg.causal, implementation=cfg.attention)
+        causal = cfg.causal if self.causal is None else self.causal
+        out_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal=causal,
+                                            implementation=cfg.attention, prefix_BxL=prefix_BxL)
         out_BxLxD = Projection("blhk,hkd->bld", (*heads, cfg.d_model), ("heads", "kv", "embed"), 1, cfg,
                                name="out")(out_BxLxHxK)
         out_BxLxD = nn.Dropout(cfg.dropout_rate)(out_BxLxD, deterministic=deterministic)

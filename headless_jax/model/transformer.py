@@ -23,11 +23,12 @@ class Block(nn.Module):
     cfg: object
     deterministic: bool
     routed: bool = False
+    causal: bool | None = None  # None: cfg.causal (a biphasic CLM → MLM run trains its encoder causally first)
 
     @nn.compact
-    def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL):
+    def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL, prefix_BxL=None):
         cfg = self.cfg
-        attention = Attention(cfg, name="attention")
+        attention = Attention(cfg, self.causal, name="attention")
         mlp = Mlp(cfg, name="mlp")
         norm_attention, norm_mlp = make_norm(cfg, "norm_attention"), make_norm(cfg, "norm_mlp")
         skipped = cfg.routing.skip if self.routed else None  # block | attention | mlp
@@ -38,8 +39,8 @@ class Block(nn.Module):
                 return step(x, segment_ids, positions)
             return self.route(step, x, segment_ids, positions, norm_mlp if part == "mlp" else norm_attention)
 
-        def attend(h, segment_ids, positions):
-            return attention(h, segment_ids, positions, self.deterministic)
+        def attend(h, segment_ids, positions):  # (a prefix LM is not routed: validated)
+            return attention(h, segment_ids, positions, self.deterministic, prefix_BxL)
 
         def feed_forward(h):
             return mlp(h, self.deterministic)
@@ -97,9 +98,11 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, deterministic: bool = True,
-                 embedding_rows_UxD: jax.Array | None = None) -> jax.Array:
+                 embedding_rows_UxD: jax.Array | None = None, causal: bool | None = None,
+                 prefix_BxL: jax.Array | None = None) -> jax.Array:
         """embedding_rows_UxD: rows of E given in its place (a sparse embedding update differentiates them);
-        `tokens_BxL` then index those rows."""
+        `tokens_BxL` then index those rows. causal: overrides cfg.causal for attention (the head keeps the
+        config's layout). prefix_BxL: bool, the tokens of a prefix LM's prefix (bidirectional among themselves)."""
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
         if embedding_rows_UxD is None:
             embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, name="embed",
@@ -123,14 +126,14 @@ class Transformer(nn.Module):
         if cfg.scan_layers:  # one block shape for all layers: routing, if any, covers every layer (validated)
             layers = nn.scan(block, variable_axes={"params": 0, COLLECTION: 0},
                              split_rngs={"params": True, "dropout": True},
-                             in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                              metadata_params={nn.PARTITION_NAME: "layers"})
-            x_BxLxD, _ = layers(cfg, deterministic, bool(routed), name="layers")(
-                x_BxLxD, segment_ids_BxL, positions_BxL)
+            x_BxLxD, _ = layers(cfg, deterministic, bool(routed), causal, name="layers")(
+                x_BxLxD, segment_ids_BxL, positions_BxL, prefix_BxL)
         else:
             for i in range(cfg.num_layers):
-                x_BxLxD, _ = block(cfg, deterministic, i in routed, name=f"layer_{i}")(
-                    x_BxLxD, segment_ids_BxL, positions_BxL)
+                x_BxLxD, _ = block(cfg, deterministic, i in routed, causal, name=f"layer_{i}")(
+                    x_BxLxD, segment_ids_BxL, positions_BxL, prefix_BxL)
         if cfg.norm_position == "pre":
             x_BxLxD = make_norm(cfg, "final_norm")(x_BxLxD)
         return x_BxLxD

@@ -3,6 +3,11 @@
 Both tasks reduce to the same shape: hidden states o [B,S,D] at S predicted positions per sequence, their
 targets [B,S] (always the original tokens) and validity [B,S]. CWT scores o against E[targets] within
 negative groups; CE scores it against the vocabulary head. Same body, data and masking for both.
+
+The recipes of the MLM literature are settings of the two tasks (docs/objectives.md): token or span masking
+(SpanBERT) at any training and evaluation rate for MLM; for CLM, [MASK]ed inputs with unchanged targets (MEAP)
+and a bidirectional prefix (prefix LM); and the biphasic task clm_then_mlm, CLM then MLM in one run, whose
+step trains the task `task_at` names.
 """
 import math
 from typing import Callable, NamedTuple
@@ -14,7 +19,7 @@ import numpy as np
 from headless_jax.model import embedding_matrix, routing
 from headless_jax.objectives.ce import VocabStats, cross_entropy, logits_stats, vocab_stats
 from headless_jax.objectives.cwt import cwt_loss
-from headless_jax.objectives.masking import SpecialTokens, mask_tokens
+from headless_jax.objectives.masking import SpanMasking, SpecialTokens, mask_tokens
 from headless_jax.objectives.reduce import weighted_mean
 
 ACCURACY_VOCAB_CHUNK = 4096  # headless accuracy: vocabulary rows scored at a time
@@ -46,50 +51,101 @@ def embedding_index(ids: jax.Array, rows_U: jax.Array | None) -> jax.Array:
     return ids if rows_U is None else jnp.searchsorted(rows_U, ids)
 
 
+def switch_step(objective_cfg, num_steps: int) -> int:
+    """clm_then_mlm: the first MLM step, round(clm_fraction·num_steps) (halves rounded up)."""
+    return math.floor(objective_cfg.clm_fraction * num_steps + 0.5)
+
+
+def task_at(objective_cfg, step: int, num_steps: int) -> str:
+    """The task (mlm | clm) the update from `step` to step+1 trains."""
+    if objective_cfg.task != "clm_then_mlm":
+        return objective_cfg.task
+    return "clm" if step < switch_step(objective_cfg, num_steps) else "mlm"
+
+
+def final_task(config) -> str:
+    """The task a run's last step trains (from a full experiment config): what the objective built by default
+    trains and evaluates."""
+    return task_at(config.objective, config.train.num_steps - 1, config.train.num_steps)
+
+
+def trained_tasks(config) -> tuple[str, ...]:
+    """The tasks a run trains, in order."""
+    return ("clm", "mlm") if config.objective.task == "clm_then_mlm" else (config.objective.task,)
+
+
 def mask_rate(objective_cfg, deterministic: bool) -> float:
     """The MLM masking rate of a training step (deterministic False) or of a held-out evaluation."""
     return objective_cfg.eval_mask_rate if deterministic and objective_cfg.eval_mask_rate else objective_cfg.mask_rate
 
 
-def _masked(config, special: SpecialTokens, batch: dict, rng: jax.Array, deterministic: bool = False):
-    """MLM: the batch's masking (drawn from the first half of `rng`, dropout uses the second)."""
-    return mask_tokens(batch["tokens"], jax.random.split(rng)[0], mask_rate(config.objective, deterministic), special,
-                       config.model.vocab_size)
+def span_masking(objective_cfg) -> SpanMasking | None:
+    if objective_cfg.masking != "spans":
+        return None
+    return SpanMasking(objective_cfg.span_geometric_p, objective_cfg.span_max_length)
 
 
-def build_rows_read(config, special: SpecialTokens) -> Callable[[dict, jax.Array], jax.Array]:
-    """(batch, rng) → the ids of every row of E the objective reads for that batch and rng, flattened, with repeats:
-    the tokens the model reads (after masking) and the original tokens (the CWT targets are among them)."""
+class Inputs(NamedTuple):
+    """What the body reads for one task: its tokens after any masking, and a prefix LM's prefix."""
+    tokens_BxL: jax.Array
+    masked: object | None  # MLM: the MaskedTokens
+    prefix_BxL: jax.Array | None
+
+
+def task_inputs(config, special: SpecialTokens, batch: dict, rng: jax.Array, task: str, deterministic: bool = False,
+                word_starts_V=None) -> Inputs:
+    """The body's inputs for `task`, drawn from the first half of `rng` (dropout uses the second)."""
+    obj, tokens_BxL, draw_rng = config.objective, batch["tokens"], jax.random.split(rng)[0]
+    if task == "mlm":
+        masked = mask_tokens(tokens_BxL, draw_rng, mask_rate(obj, deterministic), special, config.model.vocab_size,
+                             span_masking(obj), word_starts_V if obj.span_whole_words else None)
+        return Inputs(masked.tokens_BxL, masked, None)
+    if obj.meap_mask_rate:  # MEAP: [MASK] in, the original next tokens out
+        tokens_BxL = mask_tokens(tokens_BxL, jax.random.fold_in(draw_rng, 0), obj.meap_mask_rate, special,
+                                 config.model.vocab_size, corruption=(1.0, 0.0)).tokens_BxL
+    prefix_BxL = None
+    if obj.prefix_length:  # each document's first N tokens; N fixed, or uniform in 1 … L-1 per row (-1)
+        length_B = (jnp.full(tokens_BxL.shape[:1], obj.prefix_length) if obj.prefix_length > 0 else
+                    jax.random.randint(jax.random.fold_in(draw_rng, 1), tokens_BxL.shape[:1], 1, tokens_BxL.shape[1]))
+        prefix_BxL = batch["positions"] < length_B[:, None]
+    return Inputs(tokens_BxL, None, prefix_BxL)
+
+
+def build_rows_read(config, special: SpecialTokens, task: str | None = None,
+                    word_starts_V=None) -> Callable[[dict, jax.Array], jax.Array]:
+    """(batch, rng) → the ids of every row of E the objective of `task` (default: the final one) reads for that batch
+    and rng, flattened, with repeats: the tokens the model reads (after masking) and the original tokens (the CWT
+    targets are among them)."""
+    task = task or final_task(config)
+
     def rows_read(batch: dict, rng: jax.Array) -> jax.Array:
         tokens_N = batch["tokens"].reshape(-1)
-        if config.objective.task != "mlm":
+        read_BxL = task_inputs(config, special, batch, rng, task, word_starts_V=word_starts_V).tokens_BxL
+        if read_BxL is batch["tokens"]:  # nothing masked (plain CLM)
             return tokens_N
-        return jnp.concatenate([tokens_N, _masked(config, special, batch, rng).tokens_BxL.reshape(-1)])
+        return jnp.concatenate([tokens_N, read_BxL.reshape(-1)])
     return rows_read
 
 
-def predictions(config, model, special: SpecialTokens, params, batch: dict, rng: jax.Array,
-                deterministic: bool, embedding_rows_U: jax.Array | None = None) -> Predictions:
+def predictions(config, model, special: SpecialTokens, params, batch: dict, rng: jax.Array, deterministic: bool,
+                task: str, embedding_rows_U: jax.Array | None = None, word_starts_V=None) -> Predictions:
     dropout_rng = jax.random.split(rng)[1]
-
     rows_UxD = None if embedding_rows_U is None else embedding_matrix(params)  # E's place holds those rows
-
-    def hidden(tokens_BxL):
-        h_BxLxD, state = model.apply({"params": params}, embedding_index(tokens_BxL, embedding_rows_U),
-                                     batch["segment_ids"], batch["positions"], deterministic=deterministic,
-                                     embedding_rows_UxD=rows_UxD, rngs={"dropout": dropout_rng},
-                                     mutable=[routing.COLLECTION])
-        return h_BxLxD, routing.collect_stats(state.get(routing.COLLECTION, {}))
-
-    if config.objective.task == "mlm":
-        masked = _masked(config, special, batch, rng, deterministic)
-        h_BxLxD, stats = hidden(masked.tokens_BxL)
+    inputs = task_inputs(config, special, batch, rng, task, deterministic, word_starts_V)
+    h_BxLxD, state = model.apply({"params": params}, embedding_index(inputs.tokens_BxL, embedding_rows_U),
+                                 batch["segment_ids"], batch["positions"], deterministic=deterministic,
+                                 embedding_rows_UxD=rows_UxD, causal=task == "clm", prefix_BxL=inputs.prefix_BxL,
+                                 rngs={"dropout": dropout_rng}, mutable=[routing.COLLECTION])
+    stats = routing.collect_stats(state.get(routing.COLLECTION, {}))
+    if task == "mlm":
+        masked = inputs.masked
         # Gather first: the losses (and the head, unless ce_all_positions) only see the k selected positions.
         o_BxSxD = jnp.take_along_axis(h_BxLxD, masked.positions_BxK[..., None], axis=1)
         return Predictions(h_BxLxD, o_BxSxD, masked.targets_BxK, masked.valid_BxK, masked.positions_BxK, stats)
-    h_BxLxD, stats = hidden(batch["tokens"])
-    return Predictions(h_BxLxD, h_BxLxD[:, :-1], *next_token_targets(batch["tokens"], batch["segment_ids"]), None,
-                       stats)
+    targets_BxS, valid_BxS = next_token_targets(batch["tokens"], batch["segment_ids"])
+    if inputs.prefix_BxL is not None:  # a prefix token is seen by the positions before it: it is no target
+        valid_BxS &= ~inputs.prefix_BxL[:, 1:]
+    return Predictions(h_BxLxD, h_BxLxD[:, :-1], targets_BxS, valid_BxS, None, stats)
 
 
 def head_stats(config, model, params, pred: Predictions) -> VocabStats:
@@ -122,8 +178,10 @@ def bits_per_byte(metrics: dict[str, float]) -> float | None:
     return metrics["nll"] / (math.log(2) * metrics["bytes_per_prediction"])
 
 
-def build_objective(config, model, special: SpecialTokens, token_bytes_V: np.ndarray | None = None) -> ObjectiveFn:
-    """The objective of `config` (a full experiment config) for `model` (a headless_jax LanguageModel).
+def build_objective(config, model, special: SpecialTokens, token_bytes_V: np.ndarray | None = None,
+                    word_starts_V: np.ndarray | None = None, task: str | None = None) -> ObjectiveFn:
+    """The objective of `config` (a full experiment config) for `model` (a headless_jax LanguageModel), training
+    `task` (mlm | clm; default the config's final task, which for clm_then_mlm is mlm unless clm_fraction = 1).
 
     batch: int32 [B,L] arrays `tokens`, `segment_ids` (0 = padding) and `positions`. params: the unboxed
     `variables['params']` of the model; deterministic=True (evaluation) turns dropout off. Metrics: loss,
@@ -134,13 +192,16 @@ def build_objective(config, model, special: SpecialTokens, token_bytes_V: np.nda
     every token (`token_bytes_V`), `bytes_per_prediction` (see bits_per_byte).
     Routed models (model.routing) add their budget / predictor loss and `routing/...` metrics.
     embedding_rows_U (headless training with optim.embedding_update=sparse): params hold the rows `rows_U` of E
-    (from build_rows_read's ids) in E's place. The config is assumed valid (headless_jax.validate).
+    (from build_rows_read's ids) in E's place. word_starts_V: bool [V], the ids that begin a word (span masking
+    counts whole words with it). The config is assumed valid (headless_jax.validate).
     """
     obj = config.objective
     terms = obj.loss.split("+")
+    task = task or final_task(config)
 
     def objective_fn(params, batch, rng, deterministic: bool, embedding_rows_U: jax.Array | None = None):
-        pred = predictions(config, model, special, params, batch, rng, deterministic, embedding_rows_U)
+        pred = predictions(config, model, special, params, batch, rng, deterministic, task, embedding_rows_U,
+                           word_starts_V)
         targets_N, valid_N = pred.targets_BxS.reshape(-1), pred.valid_BxS.reshape(-1)
         metrics, loss, stats = {}, 0.0, None
         if "cwt" in terms:

@@ -3,7 +3,8 @@
 Training FLOPs per step = 3 × forward FLOPs (the backward pass costs twice the forward), with
 forward = tokens · Σ_layers [2·N_layer + attention] + predictions · head, where
 - N_layer = matmul weights of one layer: 4·D·H·Dh (q, k, v, out) + 2·D·F (GELU) or 3·D·F (SwiGLU);
-- attention = 2 · 2·L·H·Dh per token (scores QKᵀ and the weighted sum AV), halved for causal models;
+- attention = 2 · 2·L·H·Dh per token (scores QKᵀ and the weighted sum AV), halved for causal models (a prefix
+  LM's prefix adds its square's upper half: (1 + (N/L)²)/2, or (1 + E[(N/L)²])/2 for random N);
 - head per predicted token: classical 2·D·V (+ 2·D·D for the BERT transform); headless CWT 2·K·D, where K
   is the negative-group size in predicted tokens (the [K,K] logits are the whole "head").
 Embedding lookups, norms, softmax and the optimiser are not counted (standard MFU convention).
@@ -15,14 +16,18 @@ inference its skipped tokens still give keys/values, so only queries, outputs, s
 Routers add 2·D·(1 topk | 2 skip) per token, the causal topk predictor 2·(D·P + P).
 `routing_flops_metrics` is the inference view: body FLOPs per token at the measured executed fractions, and
 their saving against the dense model.
+
+A biphasic clm_then_mlm run's steps cost what their phase's task costs: `train_flops_between` sums them.
 """
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from headless_jax.model.routing import capacity_tokens, executed_fractions, routed_layers
 from headless_jax.objectives.masking import num_masked
+from headless_jax.objectives.pretraining import final_task, switch_step
 
 # bf16 dense peak FLOP/s per device (chip), from vendor data sheets.
 PEAK_FLOPS = {
@@ -36,15 +41,31 @@ PEAK_FLOPS = {
 }
 
 
-def layer_forward_flops_per_token(model_cfg, seq_len: int, kind: str = "none", fraction: float = 1.0
-                                  ) -> tuple[float, float]:
+def attention_share(config, task: str) -> float:
+    """Share of the L² query-key pairs a step of `task` attends: 1 bidirectional, about ½ causal (more with a
+    prefix LM's prefix)."""
+    if task != "clm":
+        return 1.0
+    seq_len, prefix = config.data.seq_len, config.objective.prefix_length
+    if prefix > 0:
+        prefix_square = (prefix / seq_len) ** 2
+    elif prefix < 0:  # N uniform in 1 … L-1
+        prefix_square = sum(n * n for n in range(1, seq_len)) / ((seq_len - 1) * seq_len ** 2)
+    else:
+        prefix_square = 0.0
+    return 0.5 * (1.0 + prefix_square)
+
+
+def layer_forward_flops_per_token(model_cfg, seq_len: int, kind: str = "none", fraction: float = 1.0,
+                                  share: float | None = None) -> tuple[float, float]:
     """(matmul FLOPs, attention-score FLOPs) of one layer per token, for a layer whose routed part (of router
-    `kind`, none for a dense layer) runs on a `fraction` of the tokens."""
+    `kind`, none for a dense layer) runs on a `fraction` of the tokens; `share`: of the attention's L² pairs
+    (default ½ for a causal model, else 1)."""
     m = model_cfg
     heads = m.num_heads * m.head_dim
     query_out, key_value = 2 * 2 * m.d_model * heads, 2 * 2 * m.d_model * heads
     mlp = 2 * (3 if m.activation == "swiglu" else 2) * m.d_model * m.mlp_dim
-    scores = 2 * 2 * seq_len * heads * (0.5 if m.causal else 1.0)
+    scores = 2 * 2 * seq_len * heads * ((0.5 if m.causal else 1.0) if share is None else share)
     if kind == "none":
         return float(query_out + key_value + mlp), float(scores)
     r = fraction
@@ -66,11 +87,13 @@ def train_fractions(config) -> dict[int, float]:
     return {layer: fraction for layer in routed_layers(config.model)}
 
 
-def body_flops_per_token(config, fractions: dict[int, float]) -> tuple[float, float]:
-    """(matmul, attention-score) forward FLOPs per token over all layers, routed layers at `fractions`."""
+def body_flops_per_token(config, fractions: dict[int, float], task: str | None = None) -> tuple[float, float]:
+    """(matmul, attention-score) forward FLOPs per token over all layers, routed layers at `fractions`, in a step
+    of `task` (default: the run's final task)."""
     m, kind = config.model, config.model.routing.kind
+    share = attention_share(config, task or final_task(config))
     parts = [layer_forward_flops_per_token(m, config.data.seq_len, kind if i in fractions else "none",
-                                           fractions.get(i, 1.0)) for i in range(m.num_layers)]
+                                           fractions.get(i, 1.0), share) for i in range(m.num_layers)]
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
@@ -85,26 +108,28 @@ def routing_flops_metrics(config, metrics: dict[str, float]) -> dict[str, float]
     return {"routing/effective_flops_per_token": effective, "routing/flops_saving": 1.0 - effective / dense}
 
 
-def predictions_per_sequence(config) -> int:
+def predictions_per_sequence(config, task: str | None = None) -> int:
+    """Predicted positions per sequence in a step of `task` (default: the run's final task): the static number
+    the loss is computed on (a prefix LM's prefix among them, weighted 0)."""
     seq_len = config.data.seq_len
-    if config.objective.task == "mlm":
+    if (task or final_task(config)) == "mlm":
         return num_masked(seq_len, config.objective.mask_rate)
     return seq_len - 1
 
 
-def group_predictions(config, microbatch_rows: int) -> int:
+def group_predictions(config, microbatch_rows: int, task: str | None = None) -> int:
     """K: predicted tokens in one CWT negative group."""
     sequences = config.objective.cwt_group_size or microbatch_rows
-    return sequences * predictions_per_sequence(config)
+    return sequences * predictions_per_sequence(config, task)
 
 
-def forward_flops_per_sequence(config, microbatch_rows: int) -> dict[str, float]:
+def forward_flops_per_sequence(config, microbatch_rows: int, task: str | None = None) -> dict[str, float]:
     """Forward FLOPs for one sequence, split into body matmuls, attention scores and head+loss."""
-    m, seq_len = config.model, config.data.seq_len
-    body, attention = (seq_len * f for f in body_flops_per_token(config, train_fractions(config)))
-    predictions = predictions_per_sequence(config)
+    m, seq_len, task = config.model, config.data.seq_len, task or final_task(config)
+    body, attention = (seq_len * f for f in body_flops_per_token(config, train_fractions(config), task))
+    predictions = predictions_per_sequence(config, task)
     head = 0.0
-    if config.objective.task == "mlm" and config.objective.ce_all_positions:
+    if task == "mlm" and config.objective.ce_all_positions:
         ce_rows = seq_len
     else:
         ce_rows = predictions
@@ -112,17 +137,29 @@ def forward_flops_per_sequence(config, microbatch_rows: int) -> dict[str, float]
         transform = 2 * m.d_model * m.d_model if (not m.causal and m.mlm_head_transform) else 0
         head += ce_rows * (2 * m.d_model * m.vocab_size + transform)
     if "cwt" in config.objective.loss.split("+"):
-        head += predictions * 2 * group_predictions(config, microbatch_rows) * m.d_model
+        head += predictions * 2 * group_predictions(config, microbatch_rows, task) * m.d_model
     return {"body": float(body), "attention": float(attention), "head": float(head)}
 
 
-def train_flops_per_step(config) -> dict[str, float]:
-    """Training FLOPs of one optimiser step over the global batch, by part and in total."""
+def train_flops_per_step(config, task: str | None = None) -> dict[str, float]:
+    """Training FLOPs of one optimiser step of `task` (default: the run's final task) over the global batch, by
+    part and in total."""
     rows = config.train.global_batch_size
-    per_sequence = forward_flops_per_sequence(config, rows // config.train.microbatches)
+    per_sequence = forward_flops_per_sequence(config, rows // config.train.microbatches, task)
     parts = {k: 3 * rows * v for k, v in per_sequence.items()}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def train_flops_between(config, start, end):
+    """Training FLOPs of the steps start … end-1 (each at its phase's cost in a biphasic run); start and end may
+    be NumPy arrays of steps."""
+    if config.objective.task != "clm_then_mlm":
+        return (end - start) * train_flops_per_step(config)["total"]
+    switch = switch_step(config.objective, config.train.num_steps)
+    clm_steps = np.maximum(0, np.minimum(end, switch) - start)
+    return (clm_steps * train_flops_per_step(config, "clm")["total"]
+            + (end - start - clm_steps) * train_flops_per_step(config, "mlm")["total"])
 
 
 def measured_peak_flops(size: int = 1024, repeats: int = 5) -> float:
