@@ -54,6 +54,12 @@ def base_config() -> ml_collections.ConfigDict:
     m.use_bias = True
     m.head = "none"  # none (headless) | tied | untied
     m.mlm_head_transform = True  # classical MLM: BERT dense + GELU + norm before the decoder
+    # ELECTRA (objective.task=electra): the generator's share of the heads and MLP width (0: no generator); same depth,
+    # reads E; model.head is then the generator's head (none: headless, trained with CWT; tied: classical)
+    m.electra_generator = 0.0
+    # BPDec (DrBERT): transformer blocks on top of the encoder that only MLM pretraining runs (the loss reads them;
+    # fine-tuning, evaluation and export drop them); 0: none
+    m.mlm_decoder_layers = 0
     m.init_std = 0.02
     m.dtype = "float32"  # compute dtype; parameters stay float32
     m.attention = "auto"  # auto | xla | cudnn | splash
@@ -72,7 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     r.predictor_weight = 1.0  # topk, causal: weight of the predictor's BCE loss (trains only the predictor)
 
     o = c.objective = ml_collections.ConfigDict()
-    o.task = "mlm"  # mlm | clm | clm_then_mlm (biphasic: CLM for clm_fraction of the steps, then MLM; an encoder)
+    # mlm | clm | clm_then_mlm (biphasic: CLM for clm_fraction of the steps, then MLM; an encoder) | electra (replaced-
+    # token detection: a generator trained with objective.loss proposes tokens, the encoder detects them)
+    o.task = "mlm"
     o.clm_fraction = 0.5  # clm_then_mlm: share of train.num_steps trained as CLM before the switch to MLM
     o.loss = "cwt"  # cwt | ce | cwt+ce
     o.cwt_weight = 1.0  # loss = cwt_weight·L_CWT + ce_weight·L_CE over the terms in use
@@ -87,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
     # CLM: prefix LM, each document's first N tokens attend both ways and are not predicted; 0: none;
     # -1: N uniform in 1 … seq_len-1 per row (the architecture × objective study's non-causal decoder)
     o.prefix_length = 0
+    o.mlm_decoder_unmask_rate = 0.5  # BPDec: share of the masked positions the first decoder block lets others see
+    o.mlm_decoder_encoder_rate = 0.5  # BPDec: share of the training predictions read off the encoder, not the decoder
+    o.electra_weight = 50.0  # electra: loss = generator loss + electra_weight · replaced-token BCE (ELECTRA: λ = 50)
     o.cwt_group_size = 0  # sequences per negative group; 0 = the whole per-step batch
     o.cwt_temperature = 1.0
     o.cwt_block_size = 0  # >0: blockwise CWT with this column block; 0: dense unless over the budget
@@ -116,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
     t.global_batch_size = 32
     t.microbatches = 1  # gradient accumulation steps per update
     t.num_steps = 1000
+    # >0: train for as many steps as this many training FLOPs buy (train/flops.py), which then sets num_steps: runs of
+    # different objectives at equal compute ("headless at the classical model's compute")
+    t.flops_budget = 0.0
     t.log_every = 20
     t.eval_every = 200
     t.eval_batches = 8

@@ -23,7 +23,7 @@ from headless_jax.train.init_from import resolve_tokenizer
 from headless_jax.train.metrics import MetricsWriter
 from headless_jax.train.profiler import StepProfiler
 from headless_jax.train.workdir_lock import WorkdirLock, WorkdirLocked, usable_workdir
-from headless_jax.validate import ConfigError
+from headless_jax.validate import ConfigError, validate_config
 
 
 class NonFiniteError(FloatingPointError):
@@ -102,9 +102,25 @@ def check_resumable(config: ml_collections.ConfigDict, saved: dict, workdir: epa
                           f"parameters with --config.train.init_from={workdir}")
 
 
+def apply_flops_budget(config: ml_collections.ConfigDict) -> None:
+    """train.flops_budget > 0 sets train.num_steps to the most steps that budget of training FLOPs buys."""
+    if not config.train.flops_budget:
+        return
+    validate_config(config, None)  # the cost model reads a valid config (the budget's range included)
+    budget = config.train.flops_budget
+    steps = flops_lib.steps_within_budget(config, budget)
+    if steps == 0:
+        raise ConfigError(f"train.flops_budget={budget:.4g} buys no step: one step of this run costs "
+                          f"{flops_lib.train_flops_between(config, 0, 1):.4g} FLOPs; raise the budget")
+    config.train.num_steps = steps
+    print(f"FLOP budget {budget:.4g}: {steps} steps, {float(flops_lib.train_flops_between(config, 0, steps)):.4g} "
+          "training FLOPs (train/flops.py)")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the configured run in `workdir`; returns the final held-out metrics."""
     account = TimeAccount()
+    apply_flops_budget(config)
     experiment = build_experiment(config)  # validates the whole config first: a refused run touches nothing
     workdir = usable_workdir(workdir)
     lock = WorkdirLock(workdir)

@@ -25,7 +25,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": IMPLEMENTATIONS,
     "model.remat": ("none", "full", "dots"),
-    "objective.task": ("mlm", "clm", "clm_then_mlm"),
+    "objective.task": ("mlm", "clm", "clm_then_mlm", "electra"),
     "objective.masking": ("tokens", "spans"),
     "objective.loss": ("cwt", "ce", "cwt+ce"),
     "data.packing": PACKINGS,
@@ -48,12 +48,14 @@ RANGES = {
         "objective.cwt_memory_budget_mb")},
     **{key: (0, None, True, None) for key in (
         "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "objective.z_loss", "objective.cwt_weight",
-        "objective.ce_weight", "objective.cwt_block_size", "objective.ce_vocab_chunk", "objective.cwt_group_size",
-        "train.permanent_every", "train.nonfinite_skip_limit", "data.worker_count", "data.mixing_alpha")},
+        "objective.ce_weight", "objective.electra_weight", "objective.cwt_block_size", "objective.ce_vocab_chunk",
+        "objective.cwt_group_size", "train.permanent_every", "train.nonfinite_skip_limit", "train.flops_budget",
+        "data.worker_count", "data.mixing_alpha")},
     **{key: (0, 1, True, False) for key in ("model.dropout_rate", "data.heldout_fraction", "optim.b1", "optim.b2",
                                             "objective.eval_mask_rate", "objective.meap_mask_rate")},
     **{key: (0, 1, True, True) for key in ("optim.min_lr_ratio", "optim.decay_fraction", "model.rotary_fraction",
-                                           "objective.clm_fraction")},
+                                           "objective.clm_fraction", "model.electra_generator",
+                                           "objective.mlm_decoder_unmask_rate", "objective.mlm_decoder_encoder_rate")},
     **{key: (0, 1, False, True) for key in ("objective.span_geometric_p",)},
 }
 
@@ -95,7 +97,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None, 
                               f"--config.{key}=...")
     m, o, t, d = config.model, config.objective, config.train, config.data
 
-    if o.task in ("mlm", "clm_then_mlm") and m.causal:
+    if o.task in ("mlm", "clm_then_mlm", "electra") and m.causal:
         raise ConfigError(f"objective.task={o.task!r} needs a bidirectional encoder (a biphasic run's CLM phase "
                           "attends causally by itself): set --config.model.causal=False")
     if o.task == "clm" and not m.causal:
@@ -113,6 +115,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None, 
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds the learned position table model.max_len={m.max_len}; "
                           f"set --config.model.max_len={d.seq_len} or shorten data.seq_len")
     _check_recipe(config)
+    _check_electra(config)
+    _check_mlm_decoder(config)
     _check_routing(m)
     _check_observability(config)
     if config.optim.embedding_update == "sparse":
@@ -153,7 +157,7 @@ def _check_batch(config: ml_collections.ConfigDict, num_devices: int, process_co
 def _check_recipe(config: ml_collections.ConfigDict) -> None:
     """The MLM-literature settings of the objective (docs/objectives.md)."""
     m, o, d = config.model, config.objective, config.data
-    mlm, clm = o.task in ("mlm", "clm_then_mlm"), o.task in ("clm", "clm_then_mlm")
+    mlm, clm = o.task in ("mlm", "clm_then_mlm", "electra"), o.task in ("clm", "clm_then_mlm")
     rates = [key for key, used in (("mask_rate", mlm), ("eval_mask_rate", mlm and o.eval_mask_rate),
                                    ("meap_mask_rate", clm and o.meap_mask_rate)) if used]
     for key in rates:
@@ -192,6 +196,44 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
             raise ConfigError("objective.prefix_length: splash attention's masks are fixed when the kernel is built, "
                               "so it cannot take a per-row prefix; set --config.model.attention=auto (xla on TPU) "
                               "or cudnn")
+
+
+def _check_electra(config: ml_collections.ConfigDict) -> None:
+    """ELECTRA: a generator exactly when the task is electra, and model.head naming the generator's head."""
+    m, o, t = config.model, config.objective, config.train
+    if (o.task == "electra") != bool(m.electra_generator):
+        raise ConfigError(f"objective.task={o.task!r} with model.electra_generator={m.electra_generator}: ELECTRA's "
+                          "generator exists for objective.task=electra alone; set both (e.g. "
+                          "--config.objective.task=electra --config.model.electra_generator=0.33) or neither")
+    if o.task != "electra":
+        return
+    if (o.loss, m.head) not in (("cwt", "none"), ("ce", "tied")):
+        raise ConfigError(f"objective.task='electra' trains its generator with objective.loss={o.loss!r} and "
+                          f"model.head={m.head!r} (the generator's head); use loss=cwt with head=none (the headless "
+                          "generator, sampling from its CWT distribution) or loss=ce with head=tied (the classical one)")
+    if t.trainable != "all":
+        raise ConfigError(f"train.trainable={t.trainable!r}: an ELECTRA discriminator has no vocabulary head to probe; "
+                          "set --config.train.trainable=all")
+
+
+def _check_mlm_decoder(config: ml_collections.ConfigDict) -> None:
+    """BPDec: decoder blocks that MLM pretraining alone runs."""
+    m, o = config.model, config.objective
+    if not isinstance(m.mlm_decoder_layers, int) or m.mlm_decoder_layers < 0:
+        raise ConfigError(f"model.mlm_decoder_layers={m.mlm_decoder_layers!r} must be a whole number ≥ 0 (0: no "
+                          "BPDec decoder); set --config.model.mlm_decoder_layers=2, say")
+    if not m.mlm_decoder_layers:
+        return
+    if o.task != "mlm":
+        raise ConfigError(f"model.mlm_decoder_layers={m.mlm_decoder_layers} adds BPDec's MLM decoder, but "
+                          f"objective.task={o.task!r} predicts no masked tokens through it; set "
+                          "--config.objective.task=mlm or --config.model.mlm_decoder_layers=0")
+    if o.ce_all_positions:
+        raise ConfigError("objective.ce_all_positions scores the encoder's every position, which BPDec's decoder "
+                          "replaces; set --config.objective.ce_all_positions=False or model.mlm_decoder_layers=0")
+    if m.attention == "splash":
+        raise ConfigError("model.mlm_decoder_layers: the decoder's first block hides each row's masked positions, a "
+                          "per-row mask splash attention cannot take; set --config.model.attention=auto or cudnn")
 
 
 def _check_sparse_embedding(config: ml_collections.ConfigDict) -> None:

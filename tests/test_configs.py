@@ -22,7 +22,7 @@ TWIN_ARGS = {"demo": [None, "ce", "cwt+ce"], "clm_demo": [None, "ce"], "bert_bas
              "skip_demo": [None, "ce", "topk", "ce,topk", "cwt,topk,clm", "ce,skip,clm"],
              "skip_pythia70m": [None, "ce", "cwt,skip", "ce,skip"],
              **{recipe: [None, "ce", "demo", "ce,demo"] for recipe in ("mosaicbert", "spanbert", "meap", "prefix_lm",
-                                                                     "biphasic")}}
+                                                                     "biphasic", "electra", "bpdec")}}
 
 
 def load_config(name: str, arg: str | None):
@@ -51,6 +51,8 @@ def test_config_builds_model_and_abstract_state(name, arg):
     abstract, shardings = experiment.abstract_state, experiment.state_shardings
     params = abstract["params"]
     head_has_params = config.model.head == "untied" or (config.model.head == "tied" and not config.model.causal)
+    if config.model.electra_generator:  # ELECTRA: a classical head is its generator's
+        head_has_params = False
     assert (HEAD in params) == head_has_params  # a tied causal head is E itself
     embedding = embedding_matrix(params)
     assert embedding.shape == (config.model.vocab_size, config.model.d_model)

@@ -5,8 +5,12 @@ Per layer matmul weights: q, k, v, out = 4 · 32 · 32 = 4096; GELU MLP 2 · 32 
 """
 import pytest
 
+from headless_jax.loop import train
+from headless_jax.objectives import trained_tasks
 from headless_jax.train import flops
-from tests.train_helpers import tiny_config
+from headless_jax.train.checkpoint import Checkpointer
+from headless_jax.validate import ConfigError
+from tests.train_helpers import text_run_config, tiny_config
 
 TOKENS, LAYERS = 16, 2
 BODY_GELU = TOKENS * LAYERS * 2 * (4096 + 4096)            # 524 288: 2 FLOPs per weight per token
@@ -68,3 +72,46 @@ def test_mixed_loss_counts_both_heads():
 @pytest.mark.parametrize("configured", [123e12])
 def test_configured_peak_wins(configured):
     assert flops.peak_flops_per_device(configured) == (configured, "configured")
+
+
+def budget_config(loss: str, task: str = "mlm"):
+    config = tiny_config(task, loss)
+    if task == "clm_then_mlm":
+        config.model.causal = False
+    config.train.flops_budget = 3e9
+    return config
+
+
+def test_runs_of_different_objectives_given_one_budget_spend_it_to_within_a_step():
+    """The most steps whose FLOPs fit the budget, for each objective; so the runs' FLOPs match to within one step."""
+    spent = {}
+    for loss, task in (("cwt", "mlm"), ("ce", "mlm"), ("cwt", "clm_then_mlm")):
+        config = budget_config(loss, task)
+        steps = flops.steps_within_budget(config, config.train.flops_budget)
+        config.train.num_steps = steps
+        total = flops.train_flops_between(config, 0, steps)
+        longer = budget_config(loss, task)
+        longer.train.num_steps = steps + 1
+        assert total <= 3e9 < flops.train_flops_between(longer, 0, steps + 1), (loss, task)  # one more step won't fit
+        step_cost = max(flops.train_flops_per_step(config, phase)["total"] for phase in trained_tasks(config))
+        spent[(loss, task)] = (steps, total, step_cost)
+    assert len({steps for steps, _, _ in spent.values()}) == 3  # the objectives cost differently: unequal steps
+    totals = [total for _, total, _ in spent.values()]
+    assert max(totals) - min(totals) <= max(cost for _, _, cost in spent.values())
+
+
+def test_a_budgeted_run_stops_where_its_budget_is_spent(tmp_path):
+    config = text_run_config(tmp_path, book=0, steps=1000, checkpoint_every=1000)
+    per_step = flops.train_flops_per_step(config)["total"]
+    config.train.flops_budget = 5.5 * per_step
+    train(config, str(tmp_path / "run"))
+    assert config.train.num_steps == 5
+    assert Checkpointer(str(tmp_path / "run" / "checkpoints")).latest_step() == 5
+
+
+def test_a_budget_that_buys_no_step_is_refused(tmp_path):
+    config = text_run_config(tmp_path, book=0, steps=10, checkpoint_every=10)
+    config.train.flops_budget = 1.0
+    with pytest.raises(ConfigError, match="buys no step"):
+        train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

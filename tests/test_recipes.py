@@ -18,7 +18,7 @@ from headless_jax.model import embedding_matrix
 from headless_jax.model.attention import attention_mask, dot_product_attention
 from headless_jax.objectives import SpanMasking, SpecialTokens, build_objective, cwt_loss, mask_tokens, num_masked
 from headless_jax.objectives.masking import span_lengths
-from headless_jax.objectives.pretraining import task_inputs
+from headless_jax.objectives.tasks import task_inputs
 from headless_jax.validate import ConfigError, validate_config
 from lm_helpers import book_text, shrink
 from main_runs import assert_same_params, final_params, train_losses

@@ -16,12 +16,17 @@ def vocab_shapes(loss: str, **objective) -> set[tuple[int, ...]]:
     config = tiny_config("clm", loss, batch=8)
     config.model.vocab_size = VOCAB
     config.objective.update(objective)
+    return compiled_vocab_shapes(config)
+
+
+def compiled_vocab_shapes(config) -> set[tuple[int, ...]]:
+    """Shapes with a dimension of model.vocab_size (a size nothing else has) in the config's compiled train step."""
     experiment = build_experiment(config, jax.devices()[:1])
     with experiment.layout.active():
-        batch = experiment.layout.global_batch(random_batches(1, 8)[0])
+        batch = experiment.layout.global_batch(random_batches(1, config.train.global_batch_size)[0])
         hlo = experiment.train_step.lower(experiment.abstract_state, batch).compile().as_text()
     shapes = {tuple(int(d) for d in dims.split(",")) for dims in re.findall(r"\[(\d+(?:,\d+)*)\]", hlo)}
-    return {s for s in shapes if VOCAB in s}
+    return {s for s in shapes if config.model.vocab_size in s}
 
 
 def test_headless_step_has_no_vocabulary_logits():

@@ -3,7 +3,8 @@
 `xla` is the reference (plain einsums, float32 softmax, runs anywhere); `cudnn` is the fused flash kernel
 through `jax.nn.dot_product_attention`; `splash` is the Pallas TPU kernel. `auto` picks per backend.
 Masking is always causal (optional) ∧ same segment ∧ key not padding (segment id 0 = padding). A prefix LM
-adds: a query in the prefix may attend every key of the prefix (of its own segment).
+adds: a query in the prefix may attend every key of the prefix (of its own segment). A BPDec decoder layer may hide
+some keys from every query (`visible_keys_BxL`: its masked positions, gradually unmasked).
 """
 import functools
 
@@ -21,7 +22,7 @@ XLA_CAUSAL_CHUNK = 128  # query rows per chunk of the causal xla path
 def unsupported_reason(implementation: str, dtype, length: int, head_dim: int, backend: str,
                        prefix: bool = False) -> str | None:
     """Why `implementation` cannot take [B,length,H,head_dim] inputs of `dtype` on `backend` (None if it can);
-    `prefix`: with a prefix LM's per-row prefix mask."""
+    `prefix`: with a per-row mask (a prefix LM's prefix, a BPDec layer's hidden keys)."""
     if implementation == "cudnn":
         if backend != "gpu":
             return f"cuDNN attention needs a GPU backend, not {backend!r}"
@@ -33,7 +34,8 @@ def unsupported_reason(implementation: str, dtype, length: int, head_dim: int, b
             return f"cuDNN with a mask needs an even sequence length, not {length}"
     if implementation == "splash":
         if prefix:
-            return "splash attention's masks are fixed when it is built; a prefix LM's per-row prefix needs xla or cudnn"
+            return ("splash attention's masks are fixed when it is built; a per-row mask (a prefix LM's prefix, BPDec's "
+                    "hidden keys) needs xla or cudnn")
         if backend != "tpu":
             return f"splash attention is a TPU kernel; the backend is {backend!r}"
         if length % SPLASH_BLOCK:
@@ -60,9 +62,11 @@ def resolve_implementation(name: str, dtype, length: int, head_dim: int, backend
 
 
 def attention_mask(segment_ids_BxL: jax.Array, causal: bool, query_start: int = 0,
-                   query_length: int | None = None, prefix_BxL: jax.Array | None = None) -> jax.Array:
+                   query_length: int | None = None, prefix_BxL: jax.Array | None = None,
+                   visible_keys_BxL: jax.Array | None = None) -> jax.Array:
     """[B,1,Q,T] boolean: query i (rows query_start … query_start+Q of the sequence) may attend key j < T.
-    prefix_BxL (causal, whole rows only): also where query and key are both in the prefix."""
+    prefix_BxL (causal, whole rows only): also where query and key are both in the prefix. visible_keys_BxL
+    (whole rows only): only keys marked True, except that every query still sees itself."""
     query_length = query_length or segment_ids_BxL.shape[1] - query_start
     key_segments_BxT = segment_ids_BxL[:, :query_start + query_length] if causal else segment_ids_BxL
     query_segments_BxQ = segment_ids_BxL[:, query_start:query_start + query_length]
@@ -74,6 +78,8 @@ def attention_mask(segment_ids_BxL: jax.Array, causal: bool, query_start: int = 
         if prefix_BxL is not None:
             visible_BxQxT = visible_BxQxT | (prefix_BxL[:, :, None] & prefix_BxL[:, None, :])
         allowed_BxQxT &= visible_BxQxT
+    if visible_keys_BxL is not None:  # its own key stays: no real query is left with no key at all
+        allowed_BxQxT &= visible_keys_BxL[:, None, :] | jnp.eye(segment_ids_BxL.shape[1], dtype=bool)[None]
     return allowed_BxQxT[:, None]
 
 
@@ -86,13 +92,14 @@ def _softmax_attention(q_BxQxHxK, k_BxTxHxK, v_BxTxHxK, mask_Bx1xQxT) -> jax.Arr
 
 
 def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool, prefix_BxL=None,
-                  causal_chunk: int = XLA_CAUSAL_CHUNK) -> jax.Array:
+                  visible_keys_BxL=None, causal_chunk: int = XLA_CAUSAL_CHUNK) -> jax.Array:
     """Plain einsums. Causal and longer than `causal_chunk`: queries go in chunks that only score the keys up
     to their own end, which skips the upper triangle: C chunks do (C+1)/2C of the L² work (16 at L = 2048: 53 %).
     A prefix LM's prefix queries see keys past their own end, so it takes the whole square."""
     length = q_BxLxHxK.shape[1]
-    if not causal or prefix_BxL is not None or length <= causal_chunk or length % causal_chunk:
-        mask = attention_mask(segment_ids_BxL, causal, prefix_BxL=prefix_BxL)
+    if (not causal or prefix_BxL is not None or visible_keys_BxL is not None or length <= causal_chunk
+            or length % causal_chunk):
+        mask = attention_mask(segment_ids_BxL, causal, prefix_BxL=prefix_BxL, visible_keys_BxL=visible_keys_BxL)
         return _softmax_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask)
     chunks = []
     for start in range(0, length, causal_chunk):
@@ -102,19 +109,21 @@ def xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool
     return jnp.concatenate(chunks, axis=1)
 
 
-def cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool, prefix_BxL=None) -> jax.Array:
+def cudnn_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool, prefix_BxL=None,
+                    visible_keys_BxL=None) -> jax.Array:
     """cuDNN flash kernel. The segment/padding mask reaches it as a [B,1,L,L] additive bias (large negative
     where masked), so it costs B·L² memory (and JAX's cuDNN backward also forms that bias's unused gradient);
     fully masked (padding) query rows stay finite. Causality goes through the kernel's own flag, except for a
     prefix LM, whose whole pattern is in the mask."""
     with_prefix = prefix_BxL is not None
-    mask = attention_mask(segment_ids_BxL, causal=causal and with_prefix, prefix_BxL=prefix_BxL)
+    mask = attention_mask(segment_ids_BxL, causal=causal and with_prefix, prefix_BxL=prefix_BxL,
+                          visible_keys_BxL=visible_keys_BxL)
     return jax.nn.dot_product_attention(
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask, is_causal=causal and not with_prefix, implementation="cudnn")
 
 
 def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal: bool, prefix_BxL=None,
-                     interpret: bool = False) -> jax.Array:
+                     visible_keys_BxL=None, interpret: bool = False) -> jax.Array:
     """Splash kernel; `interpret=True` runs it through the Pallas interpreter (any backend; for tests only).
     Padding (segment 0) keys are masked for real queries because their segment differs."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
@@ -138,10 +147,13 @@ _KERNELS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_att
 
 def dot_product_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
                           segment_ids_BxL: jax.Array, causal: bool, implementation: str = "auto",
-                          prefix_BxL: jax.Array | None = None) -> jax.Array:
+                          prefix_BxL: jax.Array | None = None, visible_keys_BxL: jax.Array | None = None) -> jax.Array:
     """Softmax attention; returns [B,L,H,K]. Queries of padding rows produce unspecified (finite) values.
-    prefix_BxL (causal only): bool, the prefix LM's prefix tokens, which attend each other both ways."""
+    prefix_BxL (causal only): bool, the prefix LM's prefix tokens, which attend each other both ways.
+    visible_keys_BxL: bool, the keys every query may see (besides itself); None: all."""
     _, length, _, head_dim = q_BxLxHxK.shape
     with_prefix = causal and prefix_BxL is not None
-    kernel = _KERNELS[resolve_implementation(implementation, q_BxLxHxK.dtype, length, head_dim, prefix=with_prefix)]
-    return kernel(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal, prefix_BxL if with_prefix else None)
+    per_row = with_prefix or visible_keys_BxL is not None
+    kernel = _KERNELS[resolve_implementation(implementation, q_BxLxHxK.dtype, length, head_dim, prefix=per_row)]
+    return kernel(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal, prefix_BxL if with_prefix else None,
+                  visible_keys_BxL)

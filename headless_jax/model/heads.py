@@ -40,3 +40,18 @@ def head_logits(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Arra
                             preferred_element_type=jnp.float32)
     return logits_NxV if bias_V is None else logits_NxV + bias_V
 
+
+
+class ReplacedTokenHead(nn.Module):
+    """ELECTRA's discriminator head: per token, dense + GELU + a logit that the token was replaced."""
+    cfg: object
+
+    @nn.compact
+    def __call__(self, h_BxLxD: jax.Array) -> jax.Array:
+        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        h_BxLxD = nn.gelu(nn.Dense(cfg.d_model, dtype=dtype, name="dense",
+                                   kernel_init=dense_init(cfg.init_std, ("embed", "act_embed")),
+                                   bias_init=zeros_init(("act_embed",)))(h_BxLxD))
+        logit_BxLx1 = nn.Dense(1, dtype=dtype, name="logit", kernel_init=dense_init(cfg.init_std, ("embed", "classes")),
+                               bias_init=zeros_init(("classes",)))(h_BxLxD)
+        return logit_BxLx1[..., 0].astype(jnp.float32)

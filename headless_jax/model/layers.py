@@ -83,7 +83,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL, deterministic: bool,
-                 prefix_BxL: jax.Array | None = None) -> jax.Array:
+                 prefix_BxL: jax.Array | None = None, visible_keys_BxL: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
         heads = (cfg.num_heads, cfg.head_dim)
 
@@ -99,7 +99,8 @@ class Attention(nn.Module):
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (nn.with_logical_constraint(a, axes) for a in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
         causal = cfg.causal if self.causal is None else self.causal
         out_BxLxHxK = dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segment_ids_BxL, causal=causal,
-                                            implementation=cfg.attention, prefix_BxL=prefix_BxL)
+                                            implementation=cfg.attention, prefix_BxL=prefix_BxL,
+                                            visible_keys_BxL=visible_keys_BxL)
         out_BxLxD = Projection("blhk,hkd->bld", (*heads, cfg.d_model), ("heads", "kv", "embed"), 1, cfg,
                                name="out")(out_BxLxHxK)
         out_BxLxD = nn.Dropout(cfg.dropout_rate)(out_BxLxD, deterministic=deterministic)

@@ -26,7 +26,7 @@ class Block(nn.Module):
     causal: bool | None = None  # None: cfg.causal (a biphasic CLM → MLM run trains its encoder causally first)
 
     @nn.compact
-    def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL, prefix_BxL=None):
+    def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL, prefix_BxL=None, visible_keys_BxL=None):
         cfg = self.cfg
         attention = Attention(cfg, self.causal, name="attention")
         mlp = Mlp(cfg, name="mlp")
@@ -39,8 +39,8 @@ class Block(nn.Module):
                 return step(x, segment_ids, positions)
             return self.route(step, x, segment_ids, positions, norm_mlp if part == "mlp" else norm_attention)
 
-        def attend(h, segment_ids, positions):  # (a prefix LM is not routed: validated)
-            return attention(h, segment_ids, positions, self.deterministic, prefix_BxL)
+        def attend(h, segment_ids, positions):  # (a prefix LM or a BPDec decoder is not routed: validated)
+            return attention(h, segment_ids, positions, self.deterministic, prefix_BxL, visible_keys_BxL)
 
         def feed_forward(h):
             return mlp(h, self.deterministic)
@@ -100,9 +100,9 @@ class Transformer(nn.Module):
     def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, deterministic: bool = True,
                  embedding_rows_UxD: jax.Array | None = None, causal: bool | None = None,
                  prefix_BxL: jax.Array | None = None) -> jax.Array:
-        """embedding_rows_UxD: rows of E given in its place (a sparse embedding update differentiates them);
-        `tokens_BxL` then index those rows. causal: overrides cfg.causal for attention (the head keeps the
-        config's layout). prefix_BxL: bool, the tokens of a prefix LM's prefix (bidirectional among themselves)."""
+        """embedding_rows_UxD: rows of E given in its place (a sparse embedding update differentiates them, ELECTRA's
+        generator reads the model's E through a projection when narrower); `tokens_BxL` then index those rows.
+        causal: overrides cfg.causal for attention (the head keeps the config's layout). prefix_BxL: bool, the tokens of a prefix LM's prefix (bidirectional among themselves)."""
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
         if embedding_rows_UxD is None:
             embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, name="embed",
@@ -110,6 +110,9 @@ class Transformer(nn.Module):
             x_BxLxD = embed(tokens_BxL)
         else:  # the lookup nn.Embed does, in a table of U rows
             x_BxLxD = jnp.take(embedding_rows_UxD.astype(dtype), tokens_BxL, axis=0)
+            if embedding_rows_UxD.shape[-1] != cfg.d_model:  # a narrower body reading a wider E (ELECTRA's generator)
+                x_BxLxD = nn.Dense(cfg.d_model, use_bias=False, dtype=dtype, name="embed_projection",
+                                   kernel_init=dense_init(cfg.init_std, ("embed", "act_embed")))(x_BxLxD)
         if cfg.positions == "learned":
             position_embed = nn.Embed(cfg.max_len, cfg.d_model, dtype=dtype, name="position_embed",
                                       embedding_init=dense_init(cfg.init_std, ("positions", "embed")))

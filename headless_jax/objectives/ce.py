@@ -2,7 +2,8 @@
 
 Both forms reduce logits to per-row statistics (logsumexp, the label's logit, the argmax), from which the
 loss and the accuracy follow. The chunked form streams over vocabulary chunks with an online logsumexp, so
-the [N,V] logits never exist at once (forward or backward: the chunk body is rematerialised).
+the [N,V] logits never exist at once (forward or backward: the chunk body is rematerialised). ELECTRA's classical
+generator samples from the same logits chunk by chunk (`vocab_sample`).
 """
 from typing import NamedTuple
 
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from headless_jax.model.heads import head_logits
-from headless_jax.objectives.reduce import logsumexp_step, weighted_mean
+from headless_jax.objectives.reduce import gumbel_max_step, logsumexp_step, weighted_mean
 
 
 class VocabStats(NamedTuple):
@@ -25,20 +26,30 @@ def logits_stats(logits_NxV: jax.Array, labels_N: jax.Array) -> VocabStats:
     return VocabStats(jax.nn.logsumexp(logits_NxV, axis=-1), label_logit_N, jnp.argmax(logits_NxV, axis=-1))
 
 
-def chunked_stats(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Array | None, labels_N: jax.Array,
-                  chunk: int) -> VocabStats:
-    """`logits_stats(head_logits(features, weight, bias), labels)` with at most [N,chunk] logits alive."""
+def _vocab_chunks(weight_VxD: jax.Array, bias_V: jax.Array | None, chunk: int):
+    """The head cut into M chunks of C = chunk rows (the tail padded): weight [M,C,D], bias [M,C] | None, ids [M,C]."""
     vocab, dim = weight_VxD.shape
     num_chunks = -(-vocab // chunk)
     pad = num_chunks * chunk - vocab  # < chunk: every chunk holds at least one real token
     weight_MxCxD = jnp.pad(weight_VxD, ((0, pad), (0, 0))).reshape(num_chunks, chunk, dim)
     bias_MxC = None if bias_V is None else jnp.pad(bias_V, (0, pad)).reshape(num_chunks, chunk)
-    index_MxC = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
+    return weight_MxCxD, bias_MxC, jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
+
+
+def _chunk_logits(features_NxD, vocab_chunk, vocab: int) -> jax.Array:
+    weight_CxD, bias_C, index_C = vocab_chunk
+    return jnp.where(index_C < vocab, head_logits(features_NxD, weight_CxD, bias_C), -jnp.inf)
+
+
+def chunked_stats(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Array | None, labels_N: jax.Array,
+                  chunk: int) -> VocabStats:
+    """`logits_stats(head_logits(features, weight, bias), labels)` with at most [N,chunk] logits alive."""
+    vocab = weight_VxD.shape[0]
 
     def accumulate(carry, vocab_chunk):
         max_N, sum_N, label_logit_N, argmax_N = carry
-        weight_CxD, bias_C, index_C = vocab_chunk
-        logits_NxC = jnp.where(index_C < vocab, head_logits(features_NxD, weight_CxD, bias_C), -jnp.inf)
+        index_C = vocab_chunk[2]
+        logits_NxC = _chunk_logits(features_NxD, vocab_chunk, vocab)
         new_max_N, sum_N = logsumexp_step(max_N, sum_N, logits_NxC)
         label_logit_N += jnp.where(index_C == labels_N[:, None], logits_NxC, 0.0).sum(-1)
         argmax_N = jnp.where(logits_NxC.max(-1) > max_N, index_C[jnp.argmax(logits_NxC, -1)], argmax_N)
@@ -49,8 +60,25 @@ def chunked_stats(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Ar
             jnp.zeros((num_rows,), jnp.int32))
     # Rematerialised chunk body: the backward pass keeps only the carries, not N×V softmax probabilities.
     body = jax.checkpoint(accumulate, prevent_cse=False)
-    (max_N, sum_N, label_logit_N, argmax_N), _ = jax.lax.scan(body, init, (weight_MxCxD, bias_MxC, index_MxC))
+    (max_N, sum_N, label_logit_N, argmax_N), _ = jax.lax.scan(body, init, _vocab_chunks(weight_VxD, bias_V, chunk))
     return VocabStats(max_N + jnp.log(sum_N), label_logit_N, argmax_N)
+
+
+def vocab_sample(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Array | None, rng: jax.Array,
+                 chunk: int = 0) -> jax.Array:
+    """int32 [N]: a token drawn for each row from softmax(features·weightᵀ + bias), by Gumbel-max over vocabulary
+    chunks of `chunk` rows (0: all at once), so never more than [N,chunk] logits; no gradient."""
+    vocab = weight_VxD.shape[0]
+
+    def draw(carry, vocab_chunk):
+        index_C = vocab_chunk[2]
+        logits_NxC = _chunk_logits(features_NxD, vocab_chunk, vocab)
+        return gumbel_max_step(*carry, logits_NxC, index_C, jax.random.fold_in(rng, index_C[0])), None
+
+    num_rows = features_NxD.shape[0]
+    init = (jnp.full((num_rows,), -jnp.inf), jnp.zeros((num_rows,), jnp.int32))
+    (_, token_N), _ = jax.lax.scan(draw, init, _vocab_chunks(weight_VxD, bias_V, chunk or vocab))
+    return token_N
 
 
 def vocab_stats(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Array | None, labels_N: jax.Array,

@@ -18,7 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from headless_jax.objectives.cwt_blockwise import blockwise_row_losses
+from headless_jax.objectives.cwt_blockwise import blockwise_row_losses, sample_columns
 from headless_jax.objectives.reduce import weighted_mean
 
 BLOCK_MULTIPLE = 128  # automatic blocks are multiples of the TPU lane width
@@ -46,6 +46,17 @@ def dense_row_losses(o_GxKxD: jax.Array, t_GxKxD: jax.Array, valid_GxK: jax.Arra
     return jax.nn.logsumexp(logits_GxKxK, axis=-1) - jnp.diagonal(logits_GxKxK, axis1=1, axis2=2)
 
 
+def negative_groups(group_size: int, *arrays_BxS: jax.Array) -> tuple[jax.Array, ...]:
+    """[B,S,…] arrays cut into the negative groups of group_size sequences (0: the whole batch): [G,K,…] with
+    K = group_size·S."""
+    batch, length = arrays_BxS[0].shape[:2]
+    group_size = group_size or batch
+    if batch % group_size:
+        raise ValueError(f"CWT group size {group_size} does not divide the batch of {batch} sequences; set "
+                         f"--config.objective.cwt_group_size to a divisor of {batch} (or 0 for the whole batch)")
+    return tuple(a.reshape(batch // group_size, group_size * length, *a.shape[2:]) for a in arrays_BxS)
+
+
 def cwt_loss(o_BxSxD: jax.Array, t_BxSxD: jax.Array, valid_BxS: jax.Array, group_size: int,
              temperature: float = 1.0, block_size: int = 0, memory_budget_mb: float = math.inf) -> jax.Array:
     """The CWT loss of a batch: mean row loss over the valid rows of all negative groups.
@@ -57,19 +68,26 @@ def cwt_loss(o_BxSxD: jax.Array, t_BxSxD: jax.Array, valid_BxS: jax.Array, group
     block_size: > 0 computes blockwise with this many columns per block, never forming [K,K]; 0 does so
       only if the dense [G,K,K] float32 logits would exceed memory_budget_mb (see auto_block_size).
     """
-    batch, length, dim = o_BxSxD.shape
-    group_size = group_size or batch
-    if batch % group_size:
-        raise ValueError(f"CWT group size {group_size} does not divide the batch of {batch} sequences; set "
-                         f"--config.objective.cwt_group_size to a divisor of {batch} (or 0 for the whole batch)")
-    num_groups, group_len = batch // group_size, group_size * length
-    o_GxKxD = o_BxSxD.reshape(num_groups, group_len, dim)
-    t_GxKxD = t_BxSxD.reshape(num_groups, group_len, dim)
-    valid_GxK = valid_BxS.reshape(num_groups, group_len)
-
+    o_GxKxD, t_GxKxD, valid_GxK = negative_groups(group_size, o_BxSxD, t_BxSxD, valid_BxS)
+    num_groups, group_len = valid_GxK.shape
     block_size = block_size or auto_block_size(num_groups, group_len, memory_budget_mb)
     if block_size > 0:
         row_losses_GxK = blockwise_row_losses(o_GxKxD, t_GxKxD, valid_GxK > 0, temperature, block_size)
     else:
         row_losses_GxK = dense_row_losses(o_GxKxD, t_GxKxD, valid_GxK, temperature)
     return weighted_mean(row_losses_GxK, valid_GxK)
+
+
+def cwt_sample(o_BxSxD: jax.Array, t_BxSxD: jax.Array, valid_BxS: jax.Array, targets_BxS: jax.Array, group_size: int,
+               rng: jax.Array, temperature: float = 1.0, block_size: int = 0,
+               memory_budget_mb: float = math.inf) -> jax.Array:
+    """[B,S]: for each prediction, a target drawn from its own CWT distribution over its negative group,
+    P(t) = softmax_t(o·E[target_t]/τ) over the group's valid columns and its own: the in-batch targets stand in for
+    the vocabulary, so no vocabulary-sized array exists (ELECTRA's headless generator). Columns are scored in
+    blocks as cwt_loss scores them (block_size, memory_budget_mb); no gradient flows through the draw."""
+    o_GxKxD, t_GxKxD, valid_GxK, targets_GxK = negative_groups(group_size, o_BxSxD, t_BxSxD, valid_BxS, targets_BxS)
+    num_groups, group_len = valid_GxK.shape
+    block_size = block_size or auto_block_size(num_groups, group_len, memory_budget_mb) or group_len
+    column_GxK = sample_columns(jax.lax.stop_gradient(o_GxKxD), jax.lax.stop_gradient(t_GxKxD), valid_GxK > 0,
+                                temperature, block_size, rng)
+    return jnp.take_along_axis(targets_GxK, column_GxK, axis=1).reshape(targets_BxS.shape)

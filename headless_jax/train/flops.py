@@ -18,16 +18,21 @@ Routers add 2·D·(1 topk | 2 skip) per token, the causal topk predictor 2·(D·
 their saving against the dense model.
 
 A biphasic clm_then_mlm run's steps cost what their phase's task costs: `train_flops_between` sums them.
+An ELECTRA step adds its generator (its narrower layers on every token, its head on the predictions) and the
+discriminator's detector on every token; its sampling (the generator's scores once more, no backward) counts 1×.
+BPDec's decoder blocks (`mlm_decoder`) count as layers of the model on every token.
 """
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from headless_jax.model.generator import generator_config
 from headless_jax.model.routing import capacity_tokens, executed_fractions, routed_layers
 from headless_jax.objectives.masking import num_masked
-from headless_jax.objectives.pretraining import final_task, switch_step
+from headless_jax.objectives.tasks import MASKED_TASKS, final_task, switch_step, trained_tasks
 
 # bf16 dense peak FLOP/s per device (chip), from vendor data sheets.
 PEAK_FLOPS = {
@@ -112,7 +117,7 @@ def predictions_per_sequence(config, task: str | None = None) -> int:
     """Predicted positions per sequence in a step of `task` (default: the run's final task): the static number
     the loss is computed on (a prefix LM's prefix among them, weighted 0)."""
     seq_len = config.data.seq_len
-    if (task or final_task(config)) == "mlm":
+    if (task or final_task(config)) in MASKED_TASKS:
         return num_masked(seq_len, config.objective.mask_rate)
     return seq_len - 1
 
@@ -124,29 +129,59 @@ def group_predictions(config, microbatch_rows: int, task: str | None = None) -> 
 
 
 def forward_flops_per_sequence(config, microbatch_rows: int, task: str | None = None) -> dict[str, float]:
-    """Forward FLOPs for one sequence, split into body matmuls, attention scores and head+loss."""
+    """Forward FLOPs for one sequence, split into body matmuls, attention scores and head+loss; ELECTRA adds its
+    generator's (body, attention and head: all in `generator`) and its draws (`sampling`, forward only)."""
     m, seq_len, task = config.model, config.data.seq_len, task or final_task(config)
     body, attention = (seq_len * f for f in body_flops_per_token(config, train_fractions(config), task))
     predictions = predictions_per_sequence(config, task)
+    parts = {"body": float(body), "attention": float(attention)}
+    if m.mlm_decoder_layers:  # BPDec's pretraining-only blocks, bidirectional, on every token
+        parts["mlm_decoder"] = float(seq_len * sum(layer_forward_flops_per_token(m, seq_len, share=1.0))
+                                     * m.mlm_decoder_layers)
+    if task == "electra":
+        generator = generator_config(m, m.electra_generator)
+        generator_body = sum(layer_forward_flops_per_token(generator, seq_len)) * m.num_layers * seq_len
+        embedding_projection = 2 * m.d_model * generator.d_model * seq_len
+        # headless: its projection to E's width; classical: BERT's transform to it (then the vocabulary below)
+        parts["generator"] = float(generator_body + embedding_projection + predictions * (
+            2 * generator.d_model * m.d_model + vocabulary_head_flops(config, microbatch_rows, task, transform=False)))
+        parts["head"] = float(seq_len * (2 * m.d_model * m.d_model + 2 * m.d_model))  # the replaced-token detector
+        parts["sampling"] = float(predictions * vocabulary_head_flops(config, microbatch_rows, task, transform=False))
+        return parts
+    ce_rows = seq_len if task == "mlm" and config.objective.ce_all_positions else predictions
     head = 0.0
-    if task == "mlm" and config.objective.ce_all_positions:
-        ce_rows = seq_len
-    else:
-        ce_rows = predictions
     if "ce" in config.objective.loss.split("+"):
-        transform = 2 * m.d_model * m.d_model if (not m.causal and m.mlm_head_transform) else 0
-        head += ce_rows * (2 * m.d_model * m.vocab_size + transform)
+        head += ce_rows * vocabulary_head_flops(config, microbatch_rows, task, terms=("ce",))
     if "cwt" in config.objective.loss.split("+"):
-        head += predictions * 2 * group_predictions(config, microbatch_rows, task) * m.d_model
-    return {"body": float(body), "attention": float(attention), "head": float(head)}
+        head += predictions * vocabulary_head_flops(config, microbatch_rows, task, terms=("cwt",))
+    parts["head"] = float(head)
+    return parts
+
+
+def vocabulary_head_flops(config, microbatch_rows: int, task: str, terms: tuple[str, ...] = ("cwt", "ce"),
+                          transform: bool = True) -> float:
+    """Forward FLOPs per prediction of scoring its targets: classical 2·D·V (+ 2·D·D for the BERT transform, unless
+    `transform` is False), headless CWT 2·K·D; for the loss terms of objective.loss among `terms`."""
+    m, used = config.model, config.objective.loss.split("+")
+    flops = 0.0
+    if "ce" in used and "ce" in terms:
+        flops += 2 * m.d_model * m.vocab_size
+        if transform and not m.causal and m.mlm_head_transform:
+            flops += 2 * m.d_model * m.d_model
+    if "cwt" in used and "cwt" in terms:
+        flops += 2 * group_predictions(config, microbatch_rows, task) * m.d_model
+    return float(flops)
+
+
+FORWARD_ONLY_PARTS = ("sampling",)  # ELECTRA's draws: integers, no backward pass
 
 
 def train_flops_per_step(config, task: str | None = None) -> dict[str, float]:
     """Training FLOPs of one optimiser step of `task` (default: the run's final task) over the global batch, by
-    part and in total."""
+    part and in total: 3 × forward, but 1 × for the forward-only parts."""
     rows = config.train.global_batch_size
     per_sequence = forward_flops_per_sequence(config, rows // config.train.microbatches, task)
-    parts = {k: 3 * rows * v for k, v in per_sequence.items()}
+    parts = {k: (1 if k in FORWARD_ONLY_PARTS else 3) * rows * v for k, v in per_sequence.items()}
     parts["total"] = sum(parts.values())
     return parts
 
@@ -160,6 +195,22 @@ def train_flops_between(config, start, end):
     clm_steps = np.maximum(0, np.minimum(end, switch) - start)
     return (clm_steps * train_flops_per_step(config, "clm")["total"]
             + (end - start - clm_steps) * train_flops_per_step(config, "mlm")["total"])
+
+
+def steps_within_budget(config, budget: float) -> int:
+    """The most steps N whose training FLOPs (train_flops_between(config at num_steps=N, 0, N)) fit `budget`: what a
+    run with train.flops_budget trains. A biphasic run's phases follow N, so N is searched (the cost grows with N)."""
+    def cost(num_steps: int) -> float:
+        trial = ml_collections.ConfigDict(config.to_dict())
+        trial.train.num_steps = num_steps
+        return float(train_flops_between(trial, 0, num_steps))
+
+    cheapest = min(train_flops_per_step(config, task)["total"] for task in trained_tasks(config))
+    low, high = 0, int(budget // cheapest) + 1  # cost(high) ≥ high · cheapest > budget
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if cost(middle) <= budget else (low, middle)
+    return low
 
 
 def measured_peak_flops(size: int = 1024, repeats: int = 5) -> float:

@@ -3,7 +3,9 @@
 The other run's latest parameters are restored onto this run's mesh (headless_jax.experiment). A vocabulary
 head it lacks starts as an exact copy of its input embedding matrix E (the paper's untied, bias-free head
 initialised from E); other head parameters it lacks (an MLM transform, a bias) keep this run's fresh
-initialisation. The optimiser state is always fresh. The init run's tokenizer is this run's tokenizer.
+initialisation; so do the pretraining-only parts (model.PRETRAINING_ONLY: an ELECTRA run from an MLM encoder, whose
+MLM head it drops, or a BPDec decoder), which a run without them drops. The optimiser state is always fresh. The
+init run's tokenizer is this run's tokenizer.
 """
 import jax.numpy as jnp
 import ml_collections
@@ -11,7 +13,7 @@ from etils import epath
 from flax import traverse_util
 
 from headless_jax.data.tokenizer import RUN_HF_TOKENIZER_FILE, RUN_TOKENIZER_FILE
-from headless_jax.model import DECODER_PATH, HEAD, embedding_matrix
+from headless_jax.model import DECODER_PATH, HEAD, PRETRAINING_ONLY, embedding_matrix
 
 
 class InitFromError(ValueError):
@@ -34,8 +36,9 @@ def start_params(config: ml_collections.ConfigDict, fresh: dict, source_config: 
     the init run lacks are taken from here, except the decoder, which becomes a copy of E).
     """
     wanted, loaded = traverse_util.flatten_dict(fresh), traverse_util.flatten_dict(source)
-    unexpected = sorted(loaded.keys() - wanted.keys())
-    absent = sorted(key for key in wanted.keys() - loaded.keys() if key[0] != HEAD)
+    dropped = (*PRETRAINING_ONLY, HEAD) if config.model.electra_generator else PRETRAINING_ONLY  # ELECTRA: no MLM head
+    unexpected = sorted(key for key in loaded.keys() - wanted.keys() if key[0] not in dropped)
+    absent = sorted(key for key in wanted.keys() - loaded.keys() if key[0] not in (HEAD, *PRETRAINING_ONLY))
     reshaped = sorted(key for key in wanted.keys() & loaded.keys() if wanted[key].shape != loaded[key].shape)
     if unexpected or absent or reshaped:
         problems = [f"{'/'.join(key)} {what}" for keys, what in
