@@ -22,6 +22,7 @@ from headless_jax.objectives.masking import MaskedTokens, SpecialTokens
 from headless_jax.objectives.scoring import Predictions, prediction_loss
 from headless_jax.objectives.tasks import ObjectiveFn, embedding_index, final_task, next_token_targets, task_inputs
 
+
 def predictions(config, model, special: SpecialTokens, params, batch: dict, rng: jax.Array, deterministic: bool,
                 task: str, embedding_rows_U: jax.Array | None = None, word_starts_V=None) -> Predictions:
     dropout_rng = jax.random.split(rng)[1]
