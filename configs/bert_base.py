@@ -11,7 +11,7 @@ def get_config(loss: str | None = None):
     c = base_config()
     c.model.update(causal=False, vocab_size=50304, num_layers=12, d_model=768, num_heads=12, head_dim=64,
                    mlp_dim=3072, norm_position="post", norm_eps=1e-12, positions="learned", max_len=512,
-                   dropout_rate=0.1, dtype="bfloat16")
+                   dropout_rate=0.1, dtype="bfloat16", gelu_approximate=False)
     c.objective.update(task="mlm", mask_rate=0.15, cwt_group_size=64)
     c.data.update(sources="tfds:wikipedia/20230601.en?split=train&field=text", seq_len=128,
                   tokenizer_sample_chars=200_000_000)

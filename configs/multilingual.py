@@ -12,7 +12,7 @@ def get_config(loss: str | None = None):
     c = base_config()
     c.model.update(causal=False, vocab_size=119552, num_layers=6, d_model=768, num_heads=12, head_dim=64,
                    mlp_dim=3072, norm_position="post", norm_eps=1e-12, max_len=512, dropout_rate=0.1,
-                   dtype="bfloat16")
+                   dtype="bfloat16", gelu_approximate=False)
     c.objective.update(task="mlm", mask_rate=0.15, cwt_group_size=64)
     c.data.update(sources=",".join(f"tfds:wikipedia/20230601.{lang}?split=train&field=text" for lang in LANGUAGES),
                   mixing_alpha=0.3, seq_len=128, tokenizer_sample_chars=300_000_000)

@@ -11,6 +11,7 @@ def get_config(loss: str | None = None):
     c = base_config()
     c.model.update(causal=True, vocab_size=50304, num_layers=6, d_model=512, num_heads=8, head_dim=64, mlp_dim=2048,
                    positions="rotary", rotary_fraction=0.25, parallel_residual=True, norm_eps=1e-5,
+                   gelu_approximate=False,
                    dtype="bfloat16", remat="dots", scan_layers=True)
     c.objective.update(task="clm", cwt_group_size=8, cwt_memory_budget_mb=512)
     c.data.update(sources="jsonl:/path/to/pile/*.jsonl?field=text", seq_len=2048, packing="windows",

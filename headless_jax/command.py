@@ -23,6 +23,7 @@ from absl import app, flags
 from headless_jax import logs
 from headless_jax.data.errors import DataError
 from headless_jax.experiment import PretrainedError
+from headless_jax.interop.errors import InteropError
 from headless_jax.loop import NonFiniteError, Preempted
 from headless_jax.train.init_from import InitFromError
 from headless_jax.train.layout import MeshError
@@ -30,13 +31,20 @@ from headless_jax.train.workdir_lock import WorkdirError
 from headless_jax.validate import ConfigError
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_PREEMPTED = 1, 2, 75
-REFUSALS = (ConfigError, PretrainedError, InitFromError, MeshError, WorkdirError, DataError, app.UsageError)
+REFUSALS = (ConfigError, PretrainedError, InitFromError, MeshError, WorkdirError, DataError, InteropError,
+            app.UsageError)
 
 
 def run(main: Callable[[list[str]], None], name: str, output_flag: str) -> None:
     """`absl.app.run(main)` with this module's ending; `output_flag` names the flag of the command's output
     directory, where the log file goes if the command did not open it itself."""
     app.run(functools.partial(_guarded, main, name, output_flag))
+
+
+def no_arguments(argv: list[str]) -> None:
+    """A command that takes flags only refuses positional arguments (a mistyped flag is one)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
 
 def _guarded(main: Callable[[list[str]], None], name: str, output_flag: str, argv: list[str]) -> None:

@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.head_dim = 64
     m.mlp_dim = 1024
     m.activation = "gelu"  # gelu | swiglu
+    # GELU (MLP, MLM head transform, ELECTRA's detector): the tanh approximation, or False: the exact erf form, which
+    # HF BERT and Pythia use (configs/bert_base.py, configs/pythia*.py), so that an export computes what we do
+    m.gelu_approximate = True
     m.norm = "layernorm"  # layernorm | rmsnorm
     m.norm_position = "pre"  # pre | post (BERT is post-norm)
     m.norm_eps = 1e-5

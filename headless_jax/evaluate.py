@@ -14,6 +14,7 @@ from headless_jax import command, distributed
 # kind -> "module:function"; the function takes (config, workdir) and returns the results it wrote.
 RUNNERS: dict[str, str] = {
     "classify": "headless_jax.downstream.finetune:run",
+    "harness": "headless_jax.downstream.harness:run",
     "lm_eval": "headless_jax.downstream.lm_eval:run",
     "mlm_eval": "headless_jax.downstream.mlm_eval:run",
 }
@@ -31,8 +32,7 @@ def runner(kind: str):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    command.no_arguments(argv)
     config = _CONFIG.value
     distributed.initialize(config.distributed)
     results = runner(config.kind)(config, _WORKDIR.value)

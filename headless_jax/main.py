@@ -3,7 +3,7 @@
 Trains the configured model, evaluating and checkpointing as it goes; re-running the same command in the
 same workdir resumes from the latest checkpoint.
 """
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from headless_jax import command, distributed
@@ -15,8 +15,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    command.no_arguments(argv)
     config = _CONFIG.value
     distributed.initialize(config.distributed)
     train(config, _WORKDIR.value)

@@ -91,8 +91,7 @@ if __name__ == "__main__":  # flags only for the command: importing `prepare` de
     flags.mark_flags_as_required(["config", "out"])
 
     def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        command.no_arguments(argv)
         worker, workers = ((_WORKER.value, _WORKERS.value) if _WORKERS.value > 0 else
                            worker_from_cluster(_CONFIG.value))
         worker = max(worker, 0)

@@ -11,6 +11,7 @@ from ml_collections import config_flags
 
 from headless_jax.config import base_config
 from headless_jax.experiment import build_experiment
+from headless_jax.interop.hf import check_exportable
 from headless_jax.model import BODY, HEAD, embedding_matrix
 from headless_jax.train.layout import Layout, MeshError
 from headless_jax.validate import ConfigError, validate_config
@@ -41,6 +42,7 @@ DOWNSTREAM_CONFIGS: dict[str, list] = {  # `python -m headless_jax.evaluate` con
     "glue": [None, "sst2", "rte,mrpc"], "xnli": [None], "books": [None],  # tests/test_classify.py
     "lm_eval": [None, "lambada"],  # tests/test_lm_eval.py
     "mlm_eval": [None],  # tests/test_recipes.py
+    "harness": [None],  # tests/test_harness.py
 }
 
 
@@ -58,6 +60,15 @@ def test_config_builds_model_and_abstract_state(name, arg):
     assert embedding.shape == (config.model.vocab_size, config.model.d_model)
     assert count_params(params) > config.model.vocab_size * config.model.d_model
     assert jax.tree.structure(abstract) == jax.tree.structure(shardings)
+
+
+@pytest.mark.parametrize("name,arg", [(n, a) for n in ("bert_base", "multilingual", "pythia70m", "pythia160m")
+                                      for a in (None, "ce")])
+def test_the_bert_and_pythia_shapes_compute_as_transformers_does(name, arg):
+    """Exact (erf) GELU, as HF BERT and Pythia, and a layout the export writes (tests/test_interop.py)."""
+    config = load_config(name, arg)
+    assert not config.model.gelu_approximate
+    check_exportable(config.model)
 
 
 def count_params(params) -> int:

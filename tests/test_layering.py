@@ -25,7 +25,8 @@ LAYER_OF = {  # module or package (dotted, below headless_jax) → layer
     "config": "config", "distributed": "config", "logs": "config", "data": "data", "model": "model", "objectives": "objectives",
     "train": "experiment", "validate": "experiment", "experiment": "experiment", "loop": "loop",
     "bench": "tools", "memory": "tools", "data_bench": "tools", "downstream": "downstream", "main": "commands", "evaluate": "commands",
-    "prepare": "commands", "command": "commands", "plot": "commands", "curves": "tools",
+    "prepare": "commands", "command": "commands", "plot": "commands", "curves": "tools", "interop": "tools",
+    "export": "commands", "import_hf": "commands",
 }
 
 

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from headless_jax.model.layers import dense_init, make_norm, zeros_init
+from headless_jax.model.layers import dense_init, gelu, make_norm, zeros_init
 
 
 class VocabularyHead(nn.Module):
@@ -24,7 +24,7 @@ class VocabularyHead(nn.Module):
             features_NxD = nn.Dense(cfg.d_model, dtype=dtype, name="transform",
                                     kernel_init=dense_init(cfg.init_std, ("embed", "act_embed")),
                                     bias_init=zeros_init(("act_embed",)))(features_NxD)
-            features_NxD = make_norm(cfg, "transform_norm")(nn.gelu(features_NxD))
+            features_NxD = make_norm(cfg, "transform_norm")(gelu(cfg, features_NxD))
         if cfg.head == "tied":
             weight_VxD = embedding_VxD
         else:  # untied
@@ -49,9 +49,9 @@ class ReplacedTokenHead(nn.Module):
     @nn.compact
     def __call__(self, h_BxLxD: jax.Array) -> jax.Array:
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-        h_BxLxD = nn.gelu(nn.Dense(cfg.d_model, dtype=dtype, name="dense",
-                                   kernel_init=dense_init(cfg.init_std, ("embed", "act_embed")),
-                                   bias_init=zeros_init(("act_embed",)))(h_BxLxD))
+        h_BxLxD = gelu(cfg, nn.Dense(cfg.d_model, dtype=dtype, name="dense",
+                                      kernel_init=dense_init(cfg.init_std, ("embed", "act_embed")),
+                                      bias_init=zeros_init(("act_embed",)))(h_BxLxD))
         logit_BxLx1 = nn.Dense(1, dtype=dtype, name="logit", kernel_init=dense_init(cfg.init_std, ("embed", "classes")),
                                bias_init=zeros_init(("classes",)))(h_BxLxD)
         return logit_BxLx1[..., 0].astype(jnp.float32)

@@ -42,6 +42,11 @@ def make_norm(cfg, name: str | None = None) -> Norm:
     return Norm(cfg.norm, cfg.norm_eps, jnp.dtype(cfg.dtype), name=name)
 
 
+def gelu(cfg, x: jax.Array) -> jax.Array:
+    """GELU in the model's form: the tanh approximation, or the exact erf form of HF BERT and Pythia."""
+    return nn.gelu(x, approximate=cfg.gelu_approximate)
+
+
 def rotate(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, fraction: float, base: float) -> jax.Array:
     """GPT-NeoX rotary embedding on the first `fraction` of head dims (the rest pass through)."""
     head_dim = x_BxLxHxK.shape[-1]
@@ -119,7 +124,7 @@ class Mlp(nn.Module):
                             kernel_init=dense_init(cfg.init_std, axes), bias_init=zeros_init(axes[1:]))
 
         if cfg.activation == "gelu":
-            h_BxLxF = nn.gelu(dense(cfg.mlp_dim, ("embed", "mlp"), "wi")(x_BxLxD))
+            h_BxLxF = gelu(cfg, dense(cfg.mlp_dim, ("embed", "mlp"), "wi")(x_BxLxD))
         else:  # swiglu
             gate_BxLxF = dense(cfg.mlp_dim, ("embed", "mlp"), "wi_gate")(x_BxLxD)
             h_BxLxF = nn.silu(gate_BxLxF) * dense(cfg.mlp_dim, ("embed", "mlp"), "wi_up")(x_BxLxD)

@@ -22,6 +22,7 @@ from etils import epath
 from headless_jax.train import integrity
 
 Restored = tuple[dict, int]  # (state, step)
+IMPORTED = "imported_from"  # progress key of a checkpoint written by headless_jax.import_hf: where it came from
 
 
 def orbax_directory(directory: str) -> epath.Path:
@@ -65,10 +66,11 @@ class Checkpointer:
 
     def save(self, step: int, state: dict, data_iterator, config: dict, progress: dict | None = None,
              force: bool = False) -> bool:
-        """progress: JSON counters the loop keeps across resumes (e.g. tokens seen per source)."""
+        """progress: JSON counters the loop keeps across resumes (e.g. tokens seen per source). data_iterator: None
+        for a checkpoint made outside training (progress[IMPORTED] set), whose resumed run reads data from the start."""
         checksums = {"algorithm": integrity.ALGORITHM, "state": integrity.checksums(state)}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=grain.checkpoint.CheckpointSave(data_iterator),
+        data = {} if data_iterator is None else {"data": grain.checkpoint.CheckpointSave(data_iterator)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), **data,
                                   config=ocp.args.JsonSave(config), progress=ocp.args.JsonSave(progress or {}),
                                   integrity=ocp.args.JsonSave(checksums))
         return self.manager.save(step, args=args, force=force)
@@ -98,6 +100,10 @@ class Checkpointer:
         return None
 
     def _restore_data_state(self, step: int, data_iterator) -> None:
+        if not (self.directory / str(step) / "data").exists() and IMPORTED in self.restored_progress(step):
+            logging.info("checkpoint %d was imported, with no data-iterator state: data starts from the beginning",
+                         step)
+            return
         if self._own_data_state(step).exists():
             self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
         else:
