@@ -108,6 +108,11 @@ def base_config() -> ml_collections.ConfigDict:
     o.ce_all_positions = False  # MLM: logits at all positions as the reference did (costlier)
     o.ce_vocab_chunk = 0  # >0: chunked vocabulary CE (never materialise [N,V] logits at once)
     o.z_loss = 0.0  # CE: adds z_loss·logsumexp² per token
+    # CE on masked tasks: True leaves the special ids (never masked, so never a target) out of the softmax, where they
+    # are only ever pushed down, dragging their tied embeddings ([CLS] included) away from every feature; CWT never
+    # touches them. It restores CLS fine-tuning of a tiny classical encoder (docs/downstream.md); False: the softmax
+    # over the whole vocabulary (BERT's, and what runs had before the key)
+    o.ce_exclude_special = False
     o.headless_train_accuracy = False  # headless: o·Eᵀ accuracy in training steps too (a [N,V] matmul); eval always
 
     d = c.data = ml_collections.ConfigDict()

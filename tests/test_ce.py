@@ -3,10 +3,12 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from headless_jax.objectives.ce import cross_entropy, logits_stats, vocab_stats
+from headless_jax.objectives.scoring import never_target_bias, offset_bias
 
 
 def numpy_cross_entropy(logits, labels, weights, z_loss):
@@ -72,3 +74,31 @@ def test_chunked_never_materialises_all_logits():
 
     assert has_rows_by_vocab(0)  # the check sees the dense [N,V] logits
     assert not has_rows_by_vocab(64)
+
+
+@pytest.mark.parametrize("chunk", [0, 8])
+def test_never_target_ids_are_left_out_of_the_softmax(chunk):
+    """objective.ce_exclude_special on a masked task: the loss is the float64 softmax over the other ids alone, and
+    the left-out ids' decoder rows get no gradient (rows of padding may even have them as targets: weight 0)."""
+    features, weight, bias, labels, weights = case(3)
+    special = (0, 1, 2, 3, 4, 5, 6)
+    labels = jnp.where(jnp.isin(labels, jnp.asarray(special)) & (weights > 0), labels + 7, labels)
+    config = ml_collections.ConfigDict({"objective": {"ce_exclude_special": True}, "model": {"vocab_size": 37}})
+    offset = never_target_bias(config, special, "mlm")
+    assert never_target_bias(config, special, "clm") is None  # a next-token task predicts eos
+    config.objective.ce_exclude_special = False
+    assert never_target_bias(config, special, "mlm") is None
+
+    def loss(weight, bias):
+        return cross_entropy(vocab_stats(features, weight, offset_bias(bias, offset), labels, chunk), weights)
+    value, (d_weight, d_bias) = jax.value_and_grad(loss, argnums=(0, 1))(weight, bias)
+    kept = np.setdiff1d(np.arange(37), special)
+    logits = np.asarray(features, np.float64) @ np.asarray(weight, np.float64).T + np.asarray(bias, np.float64)
+    rows = np.nonzero(np.asarray(weights))[0]
+    kept_logits = logits[rows][:, kept]
+    top = kept_logits.max(1, keepdims=True)
+    logsumexp = top[:, 0] + np.log(np.exp(kept_logits - top).sum(1))
+    reference = np.mean(logsumexp - logits[rows, np.asarray(labels)[rows]])
+    assert float(value) == pytest.approx(reference, rel=1e-5)
+    assert not np.any(np.asarray(d_weight)[list(special)]) and not np.any(np.asarray(d_bias)[list(special)])
+    assert np.all(np.isfinite(np.asarray(d_weight))) and np.any(np.asarray(d_weight)[kept])

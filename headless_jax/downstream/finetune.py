@@ -4,6 +4,8 @@ For every task and seed: the pretrained body + a fresh head, AdamW with linear w
 `epochs` passes of the training set, then the task's metrics on its eval splits. Results (seed means) go to
 `<workdir>/results.json` and `results.md`, rewritten after each task.
 """
+from collections.abc import Callable
+
 import jax
 import ml_collections
 import numpy as np
@@ -17,6 +19,7 @@ from headless_jax.downstream.classifier import (Classifier, build_predict, class
 from headless_jax.downstream.encode import encode
 from headless_jax.downstream.examples import TaskData
 from headless_jax.downstream.glue import GLUE_TASKS
+from headless_jax.downstream.selection import choose, parse_grid
 from headless_jax.downstream.tasks import load_task, task_names
 from headless_jax.experiment import Experiment, Pretrained, load_pretrained
 from headless_jax.model import BODY
@@ -62,7 +65,8 @@ def _check_shapes(config, pretrained: Pretrained, layout: Layout) -> None:
 
 
 def finetune_task(task: TaskData, pretrained: Pretrained, config, layout: Layout) -> dict:
-    """Fine-tunes once per seed; returns the task's summary (seed means, per-seed values, table score)."""
+    """Fine-tunes once per seed (per rate of the grid, with config.select_on); returns the task's summary (seed
+    means, per-seed values, table score, and the selection made)."""
     train_examples = task.train[:config.max_train_examples] if config.max_train_examples else task.train
     train = encode(pretrained.tokenizer, train_examples, config.seq_len)
     evals = {split: encode(pretrained.tokenizer, examples, config.seq_len) for split, examples in task.eval.items()}
@@ -70,46 +74,119 @@ def finetune_task(task: TaskData, pretrained: Pretrained, config, layout: Layout
         raise ValueError(f"task {task.name}: {len(train['labels'])} training examples, fewer than "
                          f"batch_size={config.batch_size}; lower --config.batch_size")
     seeds = [config.seed + i for i in range(config.num_seeds)]
-    per_seed = finetune(task, pretrained, config, train, evals, seeds, layout)
+    runs = FineTuning(task, pretrained, config, train, layout)
+    if config.select_on:
+        per_seed, selection = selected(runs, evals, seeds, config)
+    else:
+        params_per_seed = [runs.train(seed, config.optim.learning_rate) for seed in seeds]
+        per_seed = [{split: runs.evaluate(params, data) for split, data in evals.items()} for params in params_per_seed]
+        selection = None
     return {"title": task.title, "metrics": list(task.metrics), "seeds": seeds, "num_train": len(train["labels"]),
-            "num_eval": {split: len(e["labels"]) for split, e in evals.items()},
+            "num_eval": {split: len(e["labels"]) for split, e in evals.items()}, "selection": selection,
             **results.summarize(per_seed, task.score_splits)}
 
 
-def finetune(task: TaskData, pretrained: Pretrained, config, train: dict, evals: dict, seeds: list[int],
-             layout: Layout) -> list[dict[str, dict[str, float]]]:
-    """Fine-tunes once per seed (the steps compiled once for all); per seed, {eval split: {metric: value}} after
-    the last epoch."""
-    model_cfg = ml_collections.ConfigDict(pretrained.config.model)
-    model_cfg.dropout_rate = config.body_dropout_rate
-    classifier = Classifier(ml_collections.FrozenConfigDict(model_cfg), task.num_classes or 1, config.pooling,
-                            config.dropout_rate)
-    steps_per_epoch = len(train["labels"]) // config.batch_size
-    num_steps = config.epochs * steps_per_epoch
-    optimizer, schedule = finetune_optimizer(config, num_steps)
-    weights_C = class_weights(train["labels"], task.num_classes) if config.class_balanced and task.num_classes else None
-    experiment = Experiment(layout, classifier, make_objective(classifier, task.num_classes, weights_C), optimizer,
-                            schedule, config.seq_len)
-    with layout.active():
-        init = experiment.state_fn(pretrained_start(classifier, config.seq_len))
-        predict = build_predict(classifier, experiment.state_shardings["params"], layout)
-        per_seed = []
-        for seed in seeds:
-            state = init(pretrained.params[BODY], jax.random.PRNGKey(seed))
+class FineTuning:
+    """A task's fine-tuning runs on one pretrained body: the classifier and its predict step built once, a train
+    step per learning rate (compiled once for all seeds)."""
+
+    def __init__(self, task: TaskData, pretrained: Pretrained, config, train: dict, layout: Layout):
+        model_cfg = ml_collections.ConfigDict(pretrained.config.model)
+        model_cfg.dropout_rate = config.body_dropout_rate
+        self.classifier = Classifier(ml_collections.FrozenConfigDict(model_cfg), task.num_classes or 1,
+                                     config.pooling, config.dropout_rate)
+        self.task, self.pretrained, self.config, self.data, self.layout = task, pretrained, config, train, layout
+        self.steps_per_epoch = len(train["labels"]) // config.batch_size
+        self.weights_C = (class_weights(train["labels"], task.num_classes)
+                          if config.class_balanced and task.num_classes else None)
+        self.last_losses: list[float] = []  # each train()'s mean loss over its last epoch
+        self._experiments: dict[float, tuple[Experiment, object]] = {}
+        self._predict = None
+
+    def _experiment(self, rate: float) -> tuple[Experiment, object]:
+        if rate not in self._experiments:
+            config = ml_collections.ConfigDict(self.config.to_dict())
+            config.optim.learning_rate = rate
+            optimizer, schedule = finetune_optimizer(config, config.epochs * self.steps_per_epoch)
+            experiment = Experiment(self.layout, self.classifier,
+                                    make_objective(self.classifier, self.task.num_classes, self.weights_C), optimizer,
+                                    schedule, config.seq_len)
+            with self.layout.active():
+                init = experiment.state_fn(pretrained_start(self.classifier, config.seq_len))
+            self._experiments[rate] = experiment, init
+        return self._experiments[rate]
+
+    def train(self, seed: int, rate: float, after_epoch: Callable[[int, dict], None] | None = None) -> dict:
+        """The params after `epochs` epochs at peak rate `rate`; after_epoch(epoch, params) after each (1-based)."""
+        config, layout = self.config, self.layout
+        experiment, init = self._experiment(rate)
+        with layout.active():
+            state = init(self.pretrained.params[BODY], jax.random.PRNGKey(seed))
             order_rng = np.random.default_rng(seed)
-            bar = tqdm.tqdm(total=num_steps, desc=f"{task.name} seed {seed}", disable=jax.process_index() != 0,
-                            dynamic_ncols=True)
-            for _ in range(config.epochs):
-                order = order_rng.permutation(len(train["labels"]))
-                for step in range(steps_per_epoch):
+            bar = tqdm.tqdm(total=config.epochs * self.steps_per_epoch, disable=jax.process_index() != 0,
+                            desc=f"{self.task.name} seed {seed} lr {rate:g}", dynamic_ncols=True)
+            for epoch in range(1, config.epochs + 1):
+                order, losses = order_rng.permutation(len(self.data["labels"])), []
+                for step in range(self.steps_per_epoch):
                     rows = order[step * config.batch_size:(step + 1) * config.batch_size]
-                    state, step_metrics = experiment.train_step(state, layout.distribute(_take(train, rows)))
+                    state, step_metrics = experiment.train_step(state, layout.distribute(_take(self.data, rows)))
+                    losses.append(step_metrics["loss"])
                     bar.update()
-                bar.set_postfix(loss=f"{float(step_metrics['loss']):.4f}")
+                bar.set_postfix(loss=f"{float(np.mean(losses)):.4f}")
+                if after_epoch is not None:
+                    after_epoch(epoch, state["params"])
             bar.close()
-            per_seed.append({split: evaluate(predict, state["params"], data, task, config.eval_batch_size, layout)
-                             for split, data in evals.items()})
-        return per_seed
+        self.last_losses.append(float(np.mean(losses)))
+        return state["params"]
+
+    def evaluate(self, params, data: dict) -> dict[str, float]:
+        if self._predict is None:
+            experiment, _ = self._experiment(self.config.optim.learning_rate)
+            with self.layout.active():
+                self._predict = build_predict(self.classifier, experiment.state_shardings["params"], self.layout)
+        with self.layout.active():
+            return evaluate(self._predict, params, data, self.task, self.config.eval_batch_size, self.layout)
+
+
+def selected(runs: FineTuning, evals: dict, seeds: list[int], config) -> tuple[list[dict], dict]:
+    """Every rate of config.learning_rates × every seed, scored on config.select_on after each epoch; the choice
+    (selection.choose) made on those dev scores alone; the other splits scored once, on each seed's chosen params.
+    Returns (per seed {split: metrics}, the selection's record)."""
+    task, split = runs.task, config.select_on
+    if split not in evals:
+        raise ValueError(f"select_on={split!r}: task {task.name} has the eval splits {', '.join(evals)}; pick one")
+    if split in task.score_splits:
+        raise ValueError(f"select_on={split!r} is a split task {task.name} reports ({', '.join(task.score_splits)}): "
+                         "the split that chooses must not be the one scored; pick another")
+    rates = parse_grid(config.learning_rates, config.optim.learning_rate)
+    curves, kept, kept_losses = {}, None, None
+    for rate in rates:
+        rate_curves, snapshots = [], []
+        for seed in seeds:
+            curve, best = [], {}
+
+            def after_epoch(epoch, params, curve=curve, best=best):
+                score = dev_score(runs.evaluate(params, evals[split]))
+                if not curve or score > max(curve):
+                    best["params"] = jax.device_get(params)  # host copy: the chosen point is scored later
+                curve.append(score)
+            runs.train(seed, rate, after_epoch)
+            rate_curves.append(curve)
+            snapshots.append(best["params"])
+        curves[rate] = rate_curves
+        if choose(curves).learning_rate == rate:  # the best so far: keep its snapshots, drop the previous ones
+            kept, kept_losses = snapshots, runs.last_losses[-len(seeds):]
+    choice = choose(curves)
+    per_seed = [{name: runs.evaluate(params, data) for name, data in evals.items()} for params in kept]
+    record = {"split": split, "grid": {f"{rate:g}": score for rate, score in choice.grid.items()},
+              "learning_rate": choice.learning_rate, "epochs": list(choice.epochs),
+              "dev_scores": list(choice.dev_scores), "train_loss": kept_losses}
+    return per_seed, record
+
+
+def dev_score(split_metrics: dict[str, float]) -> float:
+    """A split's score: the mean of the task's metrics (as results.summarize scores a task)."""
+    return float(np.mean(list(split_metrics.values())))
 
 
 def finetune_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

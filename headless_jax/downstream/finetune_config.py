@@ -23,6 +23,12 @@ def classify_base_config(tasks: str) -> ml_collections.ConfigDict:
     c.num_seeds = 3  # seeds seed, seed+1, ...; results are their mean
     c.max_train_examples = 0  # >0: fine-tune on the first N training examples only
     c.warmup_fraction = 0.1  # of the fine-tuning steps (optim.warmup_steps follows from it)
+    # Selection on a dev split (headless_jax/downstream/selection.py): with select_on, every rate of learning_rates
+    # (comma-separated; empty: optim.learning_rate alone) × every seed is scored on that split after each epoch, the
+    # rate and each seed's epoch are chosen on it alone, and the reported splits are scored once, at that point.
+    # Empty select_on: one rate, every split scored after the last epoch.
+    c.select_on = ""
+    c.learning_rates = ""
     c.optim = base_config().optim
     c.optim.update(learning_rate=2e-5, schedule="linear", min_lr_ratio=0.0, weight_decay=0.01, b2=0.999,
                    eps=1e-6)

@@ -27,7 +27,8 @@ from headless_jax.objectives.ce import vocab_sample
 from headless_jax.objectives.cwt import cwt_sample
 from headless_jax.objectives.masking import SpecialTokens
 from headless_jax.objectives.reduce import weighted_mean
-from headless_jax.objectives.scoring import Predictions, prediction_loss, target_embeddings
+from headless_jax.objectives.scoring import (Predictions, never_target_bias, offset_bias, prediction_loss,
+                                             target_embeddings)
 from headless_jax.objectives.tasks import ObjectiveFn, embedding_index, task_inputs
 
 
@@ -48,6 +49,7 @@ def build_electra_objective(config, model, special: SpecialTokens, token_bytes_V
     its vocabulary accuracy where scored) plus rtd_loss, rtd_accuracy (the detector's, at logit 0) and
     replaced_fraction (the share of real tokens replaced)."""
     obj, headless = config.objective, config.model.head == "none"
+    offset_V = never_target_bias(config, special.special_ids, "electra")  # left out of loss and sampling alike
 
     def objective_fn(params, batch, rng, deterministic: bool, embedding_rows_U: jax.Array | None = None):
         masked = task_inputs(config, special, batch, rng, "electra", deterministic, word_starts_V).masked
@@ -62,7 +64,7 @@ def build_electra_objective(config, model, special: SpecialTokens, token_bytes_V
         pred = Predictions(g_BxLxD, o_BxKxD, masked.targets_BxK, masked.valid_BxK, masked.positions_BxK,
                            routing.collect_stats({}))
         generator_loss, metrics = prediction_loss(config, model, params, pred, deterministic, embedding_rows_U,
-                                                  token_bytes_V, decoder="generator_decoder")
+                                                  token_bytes_V, decoder="generator_decoder", offset_V=offset_V)
         if headless:
             sampled_BxK = cwt_sample(o_BxKxD, target_embeddings(params, pred, embedding_rows_U), masked.valid_BxK,
                                      masked.targets_BxK, obj.cwt_group_size, sample_rng, obj.cwt_temperature,
@@ -70,7 +72,7 @@ def build_electra_objective(config, model, special: SpecialTokens, token_bytes_V
         else:
             features_NxD, weight_VxD, bias_V = model.apply(variables, o_BxKxD.reshape(-1, o_BxKxD.shape[-1]),
                                                            method="generator_decoder")
-            sampled_BxK = vocab_sample(features_NxD, weight_VxD, bias_V, sample_rng,
+            sampled_BxK = vocab_sample(features_NxD, weight_VxD, offset_bias(bias_V, offset_V), sample_rng,
                                        obj.ce_vocab_chunk).reshape(masked.targets_BxK.shape)
 
         corrupted_BxL, replaced_BxL = replaced_tokens(batch["tokens"], masked.positions_BxK, sampled_BxK,

@@ -19,7 +19,7 @@ import numpy as np
 from headless_jax.model import embedding_matrix, routing
 from headless_jax.objectives.electra import build_electra_objective
 from headless_jax.objectives.masking import MaskedTokens, SpecialTokens
-from headless_jax.objectives.scoring import Predictions, prediction_loss
+from headless_jax.objectives.scoring import Predictions, never_target_bias, prediction_loss
 from headless_jax.objectives.tasks import ObjectiveFn, embedding_index, final_task, next_token_targets, task_inputs
 
 
@@ -97,11 +97,13 @@ def build_objective(config, model, special: SpecialTokens, token_bytes_V: np.nda
     task = task or final_task(config)
     if task == "electra":
         return build_electra_objective(config, model, special, token_bytes_V, word_starts_V)
+    offset_V = never_target_bias(config, special.special_ids, task)
 
     def objective_fn(params, batch, rng, deterministic: bool, embedding_rows_U: jax.Array | None = None):
         pred = predictions(config, model, special, params, batch, rng, deterministic, task, embedding_rows_U,
                            word_starts_V)
-        loss, metrics = prediction_loss(config, model, params, pred, deterministic, embedding_rows_U, token_bytes_V)
+        loss, metrics = prediction_loss(config, model, params, pred, deterministic, embedding_rows_U, token_bytes_V,
+                                        offset_V=offset_V)
         routing_loss, routing_metrics = routing.loss_and_metrics(config.model, pred.routing_stats)
         metrics.update(routing_metrics)
         metrics["loss"] = loss + routing_loss
