@@ -43,6 +43,7 @@ DOWNSTREAM_CONFIGS: dict[str, list] = {  # `python -m headless_jax.evaluate` con
     "lm_eval": [None, "lambada"],  # tests/test_lm_eval.py
     "mlm_eval": [None],  # tests/test_recipes.py
     "harness": [None],  # tests/test_harness.py
+    "comparison": [None],  # python -m headless_jax.compare: tests/test_compare.py
 }
 
 
