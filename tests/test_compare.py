@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from headless_jax import compare
+from headless_jax import comparison
 from tests.test_configs import load_config
 
 STEPS = 20
@@ -29,9 +29,9 @@ def compared(corpus, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("comparison")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XLA_FLAGS", "")  # one CPU device per step, as a user's machine
-        result = compare.compare(config, workdir)
+        result = comparison.compare(config, workdir)
         mtimes = {p: p.stat().st_mtime for p in workdir.glob("*/results.json")}
-        again = compare.compare(config, workdir)
+        again = comparison.compare(config, workdir)
     return workdir, result, again, mtimes
 
 

@@ -26,7 +26,7 @@ LAYER_OF = {  # module or package (dotted, below headless_jax) → layer
     "train": "experiment", "validate": "experiment", "experiment": "experiment", "loop": "loop",
     "bench": "tools", "memory": "tools", "data_bench": "tools", "downstream": "downstream", "main": "commands", "evaluate": "commands",
     "prepare": "commands", "command": "commands", "plot": "commands", "curves": "tools", "interop": "tools",
-    "export": "commands", "import_hf": "commands", "compare": "commands",
+    "export": "commands", "import_hf": "commands", "compare": "commands", "comparison": "tools",
 }
 
 
