@@ -110,8 +110,8 @@ def base_config() -> ml_collections.ConfigDict:
     o.z_loss = 0.0  # CE: adds z_loss·logsumexp² per token
     # CE on masked tasks: True leaves the special ids (never masked, so never a target) out of the softmax, where they
     # are only ever pushed down, dragging their tied embeddings ([CLS] included) away from every feature; CWT never
-    # touches them. It restores CLS fine-tuning of a tiny classical encoder (docs/downstream.md); False: the softmax
-    # over the whole vocabulary (BERT's, and what runs had before the key)
+    # touches them (docs/downstream.md, docs/comparison.md). set_objective turns it on for every classical twin;
+    # False: the softmax over the whole vocabulary (BERT's, and what runs had before the key)
     o.ce_exclude_special = False
     o.headless_train_accuracy = False  # headless: o·Eᵀ accuracy in training steps too (a [N,V] matmul); eval always
 
@@ -191,13 +191,15 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def set_objective(config: ml_collections.ConfigDict, loss: str | None, classical_head: str) -> ml_collections.ConfigDict:
-    """Makes a config headless (`cwt`, no head) or classical (`ce`, with `classical_head`), or mixed (`cwt+ce`).
+    """Makes a config headless (`cwt`, no head) or classical (`ce`, with `classical_head`, its softmax without the
+    never-target special ids: objective.ce_exclude_special), or mixed (`cwt+ce`).
 
     Used by twin configs, e.g. `--config=configs/demo.py:ce` for the classical twin of the headless demo.
     """
     loss = loss or "cwt"
     config.objective.loss = loss
     config.model.head = "none" if loss == "cwt" else classical_head
+    config.objective.ce_exclude_special = "ce" in loss  # no softmax mass on ids a masked task never predicts
     return config
 
 
