@@ -27,15 +27,26 @@ def write(out: epath.PathLike, config: dict, tensors: dict[str, np.ndarray], tok
           tokenizer_config: dict) -> None:
     out = epath.Path(out)
     check_writable(out)
-    partial = out.parent / f"{out.name}.partial"
-    if partial.exists():
-        partial.rmtree()
-    partial.mkdir(parents=True)
+    partial = staging(out)
     (partial / WEIGHTS).write_bytes(safetensors.numpy.save(tensors, metadata={"format": "pt"}))
     (partial / CONFIG).write_text(_json(config))
     (partial / TOKENIZER).write_text(tokenizer_json)
     (partial / TOKENIZER_CONFIG).write_text(_json(tokenizer_config))
-    if out.exists():  # empty
+    publish(partial, out)
+
+
+def staging(out: epath.Path) -> epath.Path:
+    """A new, empty `<out>.partial` beside `out`, where a directory is written before publish() puts it in place."""
+    partial = out.parent / f"{out.name}.partial"
+    if partial.exists():
+        partial.rmtree()
+    partial.mkdir(parents=True)
+    return partial
+
+
+def publish(partial: epath.Path, out: epath.Path) -> None:
+    """Renames the complete `partial` to `out` (which is absent or empty)."""
+    if out.exists():
         out.rmdir()
     partial.rename(out)
 

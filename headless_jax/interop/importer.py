@@ -64,14 +64,9 @@ def write_run(workdir: epath.PathLike, config: ml_collections.ConfigDict, state:
     """A run of `config` in the new `workdir` whose only checkpoint is `state` at step 0, saved with no data-iterator
     state (progress[IMPORTED] says where it came from): written beside it, then renamed into place."""
     workdir = epath.Path(workdir)
-    partial = workdir.parent / f"{workdir.name}.partial"
-    if partial.exists():
-        partial.rmtree()
-    partial.mkdir(parents=True)
+    partial = hf_dir.staging(workdir)
     tokenizer.save_to_run(partial)
     checkpointer = Checkpointer(str(partial / "checkpoints"))
     checkpointer.save(0, state, None, json.loads(config.to_json_best_effort()), progress, force=True)
     checkpointer.close()
-    if workdir.exists():  # empty
-        workdir.rmdir()
-    partial.rename(workdir)
+    hf_dir.publish(partial, workdir)

@@ -8,8 +8,6 @@ SentencePiece, so they get a score no segmentation picks; byte fallback emits th
 outside the vocabulary, as SentencePiece does. User-defined pieces ([MASK] [CLS] [SEP]) are matched whole in
 text by both.
 """
-import json
-
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import decoders, normalizers, processors
@@ -81,8 +79,3 @@ def _check_expressible(proto) -> None:
         raise InteropError(f"the run's SentencePiece model cannot be exported as a tokenizer.json: "
                                    f"{'; '.join(problems)}. Retrain it as headless_jax does (unigram, identity "
                                    "normalisation, remove_extra_whitespaces=False)")
-
-
-def pieces_of(tokenizer_json: str) -> list[str]:
-    """The pieces of a Unigram tokenizer.json, in id order."""
-    return [piece for piece, _ in json.loads(tokenizer_json)["model"]["vocab"]]
