@@ -19,7 +19,7 @@ from headless_jax.validate import ConfigError, validate_config
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 TWIN_ARGS = {"demo": [None, "ce", "cwt+ce"], "clm_demo": [None, "ce"], "bert_base": [None, "ce"],
              "pythia70m": [None, "ce"], "pythia160m": [None, "ce"], "multilingual": [None, "ce"],
-             "vocab_study": [None, "ce,200000"], "batch_study": [None, "ce,256"], "lm_head": [None],
+             "vocab_study": [None, "ce,200000"], "study": [None, "ce"], "batch_study": [None, "ce,256"], "lm_head": [None],
              "skip_demo": [None, "ce", "topk", "ce,topk", "cwt,topk,clm", "ce,skip,clm"],
              "skip_pythia70m": [None, "ce", "cwt,skip", "ce,skip"],
              **{recipe: [None, "ce", "demo", "ce,demo"] for recipe in ("mosaicbert", "spanbert", "meap", "prefix_lm",
@@ -39,11 +39,12 @@ def test_every_config_file_is_covered():
 
 
 DOWNSTREAM_CONFIGS: dict[str, list] = {  # `python -m headless_jax.evaluate` configs, checked by their own tests
-    "glue": [None, "sst2", "rte,mrpc"], "xnli": [None], "books": [None],  # tests/test_classify.py
+    "glue": [None, "sst2", "rte,mrpc"], "xnli": [None], "books": [None, "probe"],  # tests/test_classify.py
     "lm_eval": [None, "lambada"],  # tests/test_lm_eval.py
     "mlm_eval": [None],  # tests/test_recipes.py
     "harness": [None],  # tests/test_harness.py
-    "comparison": [None],  # python -m headless_jax.compare: tests/test_compare.py
+    "comparison": [None, "study"],  # python -m headless_jax.compare: tests/test_compare.py
+    "recipes_comparison": [None, "flops"],
 }
 
 

@@ -200,6 +200,20 @@ def test_books_task_uses_only_heldout_text_balanced_and_deterministic():
         books.load(0.0, cfg)
 
 
+def test_books_low_resource_keeps_each_books_first_passages_and_the_same_eval_splits():
+    cfg = classify_base_config("books").books
+    cfg.update(passage_words=40, passages_per_book=10)
+    full = books.load(0.05, cfg)
+    cfg.train_passages_per_book = 2
+    few = books.load(0.05, cfg)
+    assert few.eval == full.eval
+    want = [e for label in range(7) for e in [x for x in full.train if x.label == label][:2]]
+    assert few.train == want and len(want) == 14
+    cfg.train_passages_per_book = 7
+    with pytest.raises(DataError, match="train_passages_per_book=7 exceeds the 6 training passages"):
+        books.load(0.05, cfg)
+
+
 def test_encoding_pairs_and_truncation(tmp_path):
     assert truncate_pair([1, 2, 3, 4], [5, 6], 4) == ([1, 2], [5, 6])
     assert truncate_pair([1, 2], [5, 6, 7, 8, 9], 4) == ([1, 2], [5, 6])

@@ -22,7 +22,8 @@ def passages(text: str, passage_words: int) -> list[str]:
 
 
 def load(heldout_fraction: float, cfg: ml_collections.ConfigDict) -> TaskData:
-    """cfg: passage_words, passages_per_book (0: as many as the shortest tail allows), split_fractions."""
+    """cfg: passage_words, passages_per_book (0: as many as the shortest tail allows), split_fractions,
+    train_passages_per_book (0: the whole train stretch; K: its first K, the low-resource setting)."""
     if heldout_fraction <= 0:
         raise DataError("the books task needs held-out text, but the pretraining run held none out "
                         "(data.heldout_fraction=0); pretrain with data.heldout_fraction > 0")
@@ -35,11 +36,15 @@ def load(heldout_fraction: float, cfg: ml_collections.ConfigDict) -> TaskData:
         raise DataError(f"books task: {per_book} passages of {cfg.passage_words} words per book cannot fill the "
                         f"splits {SPLITS} with fractions {tuple(cfg.split_fractions)}; lower "
                         "--config.books.passage_words or pretrain with a larger data.heldout_fraction")
+    if cfg.train_passages_per_book > counts[0]:
+        raise DataError(f"books task: books.train_passages_per_book={cfg.train_passages_per_book} exceeds the "
+                        f"{counts[0]} training passages per book; lower it (0 uses all of them)")
     splits = {split: [] for split in SPLITS}
     for label, name in enumerate(names):
         start = 0
         for split, count in zip(SPLITS, counts):
-            splits[split] += [Example(text, None, label) for text in tails[name][start:start + count]]
+            used = cfg.train_passages_per_book if split == "train" and cfg.train_passages_per_book else count
+            splits[split] += [Example(text, None, label) for text in tails[name][start:start + used]]
             start += count
     return TaskData("books", "Books", len(names), ("accuracy",), splits["train"],
                     {"dev": splits["dev"], "test": splits["test"]}, ("test",))

@@ -43,4 +43,5 @@ def classify_base_config(tasks: str) -> ml_collections.ConfigDict:
     b.passage_words = 32
     b.passages_per_book = 0  # 0: as many as the shortest held-out tail gives (balanced)
     b.split_fractions = (0.6, 0.2, 0.2)  # train, dev, test
+    b.train_passages_per_book = 0  # >0: fine-tune on each book's first K training passages (dev and test unchanged)
     return c
