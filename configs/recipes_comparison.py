@@ -14,11 +14,11 @@ from headless_jax.train.flops import train_flops_between
 ENCODERS = {"mlm": "demo", "mosaicbert": "mosaicbert", "spanbert": "spanbert", "biphasic": "biphasic",
             "electra": "electra", "bpdec": "bpdec"}  # recipe → config; mlm and clm are the plain baselines
 DECODERS = {"clm": "clm_demo", "meap": "meap", "prefix_lm": "prefix_lm"}
-BASELINES = {"mlm": "demo", "clm": "clm_demo"}  # plain configs: `:loss`; recipes: `:loss,demo`
+PLAIN = ("demo", "clm_demo")  # the baselines' configs take `:loss`; the recipes' `:loss,demo`
 
 
 def spec(config: str, loss: str) -> str:
-    return f"configs/{config}.py:{loss}" + ("" if config in BASELINES.values() else ",demo")
+    return f"configs/{config}.py:{loss}" + ("" if config in PLAIN else ",demo")
 
 
 def get_config(budget: str | None = None):

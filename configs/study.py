@@ -2,8 +2,9 @@
 
 `configs/demo.py` stops at 600 steps, where pretraining has taught the model little beyond word frequencies (held-out
 MLM accuracy 9-12 %) and a 1-step control fine-tunes as well as either twin. Here the same shape sees ~40M tokens
-(~30 passes over the embedded novels), enough for the comparison of configs/comparison_study.py to separate the
-pretrained twins from the untrained control. Headless (CWT) by default; `:ce` is its classical twin.
+(~30 passes over the embedded novels): `configs/comparison.py:study` then separates the pretrained twins from the
+untrained control on the books probe and the held-out MLM metrics (docs/comparison.md). Headless (CWT) by default;
+`:ce` is its classical twin.
 """
 from headless_jax.config import sibling_config
 

@@ -212,6 +212,9 @@ def test_books_low_resource_keeps_each_books_first_passages_and_the_same_eval_sp
     cfg.train_passages_per_book = 7
     with pytest.raises(DataError, match="train_passages_per_book=7 exceeds the 6 training passages"):
         books.load(0.05, cfg)
+    cfg.train_passages_per_book = -1
+    with pytest.raises(DataError, match="train_passages_per_book=-1 is negative; give K > 0"):
+        books.load(0.05, cfg)
 
 
 def test_encoding_pairs_and_truncation(tmp_path):

@@ -36,6 +36,9 @@ def load(heldout_fraction: float, cfg: ml_collections.ConfigDict) -> TaskData:
         raise DataError(f"books task: {per_book} passages of {cfg.passage_words} words per book cannot fill the "
                         f"splits {SPLITS} with fractions {tuple(cfg.split_fractions)}; lower "
                         "--config.books.passage_words or pretrain with a larger data.heldout_fraction")
+    if cfg.train_passages_per_book < 0:
+        raise DataError(f"books task: books.train_passages_per_book={cfg.train_passages_per_book} is negative; give "
+                        "K > 0 passages per book, or 0 for all of them")
     if cfg.train_passages_per_book > counts[0]:
         raise DataError(f"books task: books.train_passages_per_book={cfg.train_passages_per_book} exceeds the "
                         f"{counts[0]} training passages per book; lower it (0 uses all of them)")
