@@ -216,10 +216,11 @@ class Pretrained:
 
 
 def load_pretrained(workdir: str, layout: Layout, step: int = 0, tokenizer_model: str = "",
-                    causal: bool | None = None) -> Pretrained:
+                    causal: bool | None = None, token_scores: bool = False) -> Pretrained:
     """Restores the parameters of checkpoint `step` (0: latest) of the run in `workdir` onto `layout`.
 
     causal: True/False demands a decoder/encoder (a clear error otherwise); None accepts both.
+    token_scores: demands a model that scores tokens (not an ELECTRA discriminator), refused before restoring.
     tokenizer_model: a SentencePiece file that must be the run's own tokenizer (checked), or empty for the run's.
     """
     workdir = epath.Path(workdir)
@@ -238,7 +239,8 @@ def load_pretrained(workdir: str, layout: Layout, step: int = 0, tokenizer_model
         damaged = []
         for candidate in [step] if step else sorted(steps, reverse=True):
             try:
-                return _restore_pretrained(checkpointer, candidate, workdir, layout, tokenizer_model, causal)
+                return _restore_pretrained(checkpointer, candidate, workdir, layout, tokenizer_model, causal,
+                                           token_scores)
             except DamagedCheckpoint as error:
                 if not step:
                     logging.warning("pretrained=%s: %s; trying an older one", workdir, error)
@@ -251,9 +253,12 @@ def load_pretrained(workdir: str, layout: Layout, step: int = 0, tokenizer_model
 
 
 def _restore_pretrained(checkpointer: Checkpointer, step: int, workdir: epath.Path, layout: Layout,
-                        tokenizer_model: str, causal: bool | None) -> Pretrained:
+                        tokenizer_model: str, causal: bool | None, token_scores: bool) -> Pretrained:
     config = saved_config(checkpointer.restored_config(step))
     _check_kind(config, causal, workdir)
+    if token_scores and config.objective.task == "electra":
+        raise PretrainedError(f"pretrained={workdir} is an ELECTRA discriminator: it has no token scores of its own "
+                              "(its generator is dropped) to evaluate; score it downstream (configs/books.py) instead")
     tokenizer = _run_tokenizer(workdir, config.model.vocab_size, tokenizer_model)
     experiment = build_experiment(config, layout=layout).with_tokenizer(tokenizer)
     with layout.active():

@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from headless_jax.downstream import mlm_eval
+from headless_jax.experiment import PretrainedError
 from headless_jax.model import BODY, DETECTOR, GENERATOR, LanguageModel
 from headless_jax.objectives import SpecialTokens, build_objective, cwt_sample, replaced_tokens, vocab_sample
 from headless_jax.train.flops import train_flops_per_step
 from headless_jax.train.init_from import start_params
 from headless_jax.validate import ConfigError, validate_config
+from test_configs import load_config
+from test_pretrained import pretrain
 from test_vocab_cost import VOCAB, compiled_vocab_shapes
 from train_helpers import random_batches, run_steps, tiny_config
 
@@ -165,3 +169,12 @@ def test_electra_config_errors_name_the_key_and_the_fix(change, message):
     change(config)
     with pytest.raises(ConfigError, match=message):
         validate_config(config, num_devices=1)
+
+
+def test_held_out_mlm_scoring_refuses_a_discriminator(tmp_path):
+    run = pretrain(tmp_path / "electra", tmp_path, "configs/electra.py:cwt,demo", 1,
+                   "--config.mesh.data=4", "--config.mesh.tensor=1")  # the 1-head generator: no tensor split
+    config = load_config("mlm_eval", None)
+    config.update(pretrained=str(run), batch_size=8, eval_batches=1)
+    with pytest.raises(PretrainedError, match="is an ELECTRA discriminator: it has no token scores.*configs/books.py"):
+        mlm_eval.run(config, str(tmp_path / "out"))

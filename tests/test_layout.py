@@ -1,13 +1,15 @@
 """The layout (mesh + rules): input batches follow the config's `batch` rule, and each process's rows of a
 batch put side by side are the batch."""
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
 from headless_jax.config import base_config
 from headless_jax.data import process_rows
-from headless_jax.train.layout import Layout
+from headless_jax.train.layout import Layout, MeshError
 from headless_jax.validate import ConfigError, validate_config
 
 
@@ -45,3 +47,16 @@ def test_process_rows_side_by_side_are_the_batch():
         np.testing.assert_array_equal(np.concatenate([share[name] for share in shares]), values)
     assert shares[1]["labels"].tolist() == [4, 5, 6, 7]
     assert len(jax.devices()) == 8  # the fake devices the layouts above were built on
+
+
+def test_an_axis_the_mesh_cannot_split_is_refused_by_name():
+    mesh = base_config().mesh
+    mesh.update(data=2, fsdp=2, tensor=2)
+    layout = Layout.from_config(mesh)
+    def box(shape):
+        return nn.Partitioned(jax.ShapeDtypeStruct(shape, jnp.float32), names=("embed", "heads"))
+    shardings = layout.shardings({"params": {"key": box((6, 4))}, "step": jax.ShapeDtypeStruct((), jnp.int32)})
+    assert shardings["params"]["key"].spec == PartitionSpec("fsdp", "tensor")
+    with pytest.raises(MeshError, match=r"\['params'\]\['key'\] \(6, 3\): its axis 'heads' \(size 3\) is split "
+                                         r"over mesh.tensor=2, which does not divide it; make the model's 'heads' size"):
+        layout.shardings({"params": {"key": box((6, 3))}, "opt_state": {"mu": {"key": box((6, 3))}}})

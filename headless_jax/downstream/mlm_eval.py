@@ -34,7 +34,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The evaluate entry point for kind='mlm_eval'."""
     layout = Layout.from_config(config.mesh)
     pretrained = load_pretrained(config.pretrained, layout, config.pretrained_step, config.tokenizer_model,
-                                 causal=False)
+                                 causal=False, token_scores=True)
     reference = reference_config(pretrained.config, config)
     tokenizer = pretrained.tokenizer
     objective = build_objective(reference, pretrained.model, special_tokens(tokenizer),

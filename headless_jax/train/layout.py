@@ -79,8 +79,28 @@ class Layout:
             yield
 
     def shardings(self, boxed_tree) -> object:
-        """NamedShardings for a tree of (abstract) values boxed with logical axis names (unboxed leaves: replicated)."""
-        return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), self.mesh, self.rules)
+        """NamedShardings for a tree of (abstract) values boxed with logical axis names (unboxed leaves: replicated).
+        An axis the rules split into more shards than its size divides is refused here, naming the array."""
+        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), self.mesh, self.rules)
+        is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+        refusals = jax.tree_util.tree_map_with_path(
+            lambda path, box, sharding: self._indivisible(jax.tree_util.keystr(path), box, sharding.spec)
+            if is_box(box) else None, boxed_tree, shardings, is_leaf=is_box)
+        if found := sorted(jax.tree.leaves(refusals), key=len):  # the shortest names a parameter, not a moment
+            raise MeshError(found[0])
+        return shardings
+
+    def _indivisible(self, name: str, box: nn.meta.AxisMetadata, spec: PartitionSpec) -> str | None:
+        for size, axis, mesh_axes in zip(box.value.shape, box.names, spec):
+            mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+            shards = math.prod(self.mesh.shape[a] for a in mesh_axes)
+            if size % shards:
+                split = " × ".join(f"mesh.{a}={self.mesh.shape[a]}" for a in mesh_axes)
+                return (f"{name} {tuple(box.value.shape)}: its axis {axis!r} (size {size}) is split over {split}, "
+                        f"which does not divide it; make the model's {axis!r} size a multiple of {shards} (e.g. more "
+                        f"heads, a wider ELECTRA generator), shrink those mesh axes, or map {axis!r} to fewer mesh "
+                        "axes in mesh.axis_rules")
+        return None
 
     @property
     def batch_sharding(self) -> NamedSharding:
