@@ -8,7 +8,8 @@ Passages come only from the held-out tails pretraining never saw; chance is 1/7 
 pretrained model gets the same selection, no hand-picked rate. At demo scale it says little about pretraining
 quality (names and word choice are learnt in fine-tuning: a 1-step "pretrained" model scores as well as the demo).
 `configs/books.py:probe` is a linear probe of the pretrained features instead: the body frozen, a linear classifier
-on the mean of its outputs (only the classifier trains, so it reads what pretraining put there), its own grid.
+on the mean of its outputs, z-scored by their training-set statistics (only the classifier trains, so it reads what
+pretraining put there, at any scale), its own grid.
 """
 from headless_jax.downstream.finetune_config import classify_base_config
 
@@ -25,6 +26,7 @@ def get_config(setting: str | None = None):
     c.learning_rates = "1e-4,3e-4,1e-3,3e-3"  # the grid around it, selected on dev (docs/downstream.md)
     c.select_on = "dev"
     if setting == "probe":
-        c.update(freeze_body=True, pooling="mean", epochs=20)
-        c.learning_rates = "3e-3,1e-2,3e-2"  # one linear layer learns slowly: every probe picked 1e-2 from 1e-3..1e-2
+        c.update(freeze_body=True, body_dropout_rate=0.0, pooling="mean", standardize_features=True, epochs=20)
+        # Standardized features: a good encoder's probe picks 3e-3, a collapsed one's (ELECTRA at 600 steps) 1e-1.
+        c.learning_rates = "3e-3,1e-2,3e-2,1e-1"
     return c

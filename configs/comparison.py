@@ -37,6 +37,9 @@ def get_config(scale: str | None = None):
     c.mlm_eval_overrides = ()
     c.lm_eval = True  # decoders: held-out perplexity and last-word accuracy (configs/lm_eval.py)
     c.lm_eval_overrides = ()
+    # Headless decoders: also scored after this LM-head phase (init_from the run, pretraining_overrides too; its
+    # model.* keys must be the run's); empty: o·Eᵀ alone.
+    c.lm_head = "configs/lm_head.py"
     c.pairs = ()  # (a, b) pairs whose books difference the table reads; empty: every pair
     if scale == "study":  # fine-tuning and a linear probe: the probe reads the pretrained features as they are
         c.finetune = (*c.finetune, ("books_probe", "configs/books.py:probe"))

@@ -5,7 +5,8 @@ study lists more), each once per pretraining seed, plus an untrained control (a 
 scores each run by its kind: an encoder is fine-tuned on the books task in each setting of the config (rate and
 epochs chosen on dev, test scored once, several seeds; e.g. full fine-tuning and a linear probe) and scored on the
 held-out MLM predictions of configs/mlm_eval.py (unless it has no MLM head of its own, as an ELECTRA
-discriminator), a decoder by configs/lm_eval.py (held-out perplexity, last-word accuracy). It writes comparison.md
+discriminator), a decoder by configs/lm_eval.py (held-out perplexity, last-word accuracy; a headless one also after
+the LM-head phase of configs/lm_head.py, which makes it a language model). It writes comparison.md
 and comparison.json: every number with its spread over seeds, and for each setting and pair of models whether
 their difference lies outside the spread. Each step is the usual command (main,
 evaluate) run in turn; running the comparison again resumes: a finished pretraining says so, a finished
@@ -81,8 +82,14 @@ def scores(config, run: str, workdir: epath.Path) -> dict:
     if saved["model"]["causal"]:
         if not config.lm_eval:
             return {}
-        lm = evaluation(run, "lm_eval", ["--config=configs/lm_eval.py", *config.lm_eval_overrides], workdir)
-        return {"perplexity": lm["perplexity"]["perplexity"], "last_word": 100 * lm["last_word"]["accuracy"]}
+        found = lm_scores(config, run, workdir)
+        if config.lm_head and saved["objective"]["loss"] == "cwt":  # o·Eᵀ is no LM until a head is fitted
+            head_run = f"{run}_lm_head"
+            run_step(f"{run} lm_head", ["headless_jax.main", f"--config={config.lm_head}",
+                                        *config.pretraining_overrides, f"--config.train.init_from={workdir / run}",
+                                        f"--workdir={workdir / head_run}"], workdir / f"{head_run}.log")
+            found.update({f"lm_head_{key}": value for key, value in lm_scores(config, head_run, workdir).items()})
+        return found
     found = {"finetune": {}}
     for setting, spec, *flags in config.finetune:
         task = evaluation(run, setting, [f"--config={spec}", *flags, *config.finetune_overrides],
@@ -94,6 +101,11 @@ def scores(config, run: str, workdir: epath.Path) -> dict:
                              workdir)["heldout"]
         found.update(mlm_accuracy=100 * heldout["accuracy"], bits_per_byte=heldout.get("bits_per_byte"))
     return found
+
+
+def lm_scores(config, run: str, workdir: epath.Path) -> dict:
+    lm = evaluation(run, "lm_eval", ["--config=configs/lm_eval.py", *config.lm_eval_overrides], workdir)
+    return {"perplexity": lm["perplexity"]["perplexity"], "last_word": 100 * lm["last_word"]["accuracy"]}
 
 
 def summary(per_seed: dict[int, dict]) -> dict:
@@ -110,7 +122,7 @@ def summary(per_seed: dict[int, dict]) -> dict:
                 "mean": float(np.mean(pooled)), "std": float(np.std(pooled)), "per_seed": pooled,
                 "per_pretraining_seed": [float(np.mean(test)) for test in tests],
                 "learning_rate": [s["finetune"][setting]["learning_rate"] for s in runs_scores]}
-    for key in ("mlm_accuracy", "bits_per_byte", "perplexity", "last_word"):
+    for key in ("mlm_accuracy", "bits_per_byte", "perplexity", "last_word", "lm_head_perplexity", "lm_head_last_word"):
         values = [s[key] for s in runs_scores if s.get(key) is not None]
         if values:
             row[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
@@ -180,7 +192,8 @@ def table(result: dict) -> str:
         lines += [f"| {d['setting']} | {d['pair']} | {d['delta']:+.2f} | {d['spread']:.2f} | "
                   f"{'yes' if d['outside_spread'] else 'no'} |" for d in result["differences"]]
     if decoders:
-        lines += [*([""] if lines else []), "| decoder | held-out perplexity | last-word accuracy % |", "|---|---|---|"]
-        lines += [f"| {name} | {_cell(models[name]['perplexity'])} | {_cell(models[name].get('last_word'))} |"
-                  for name in decoders]
+        lines += [*([""] if lines else []), "| decoder | held-out perplexity | last-word accuracy % | after the "
+                  "LM-head phase: perplexity | last-word accuracy % |", "|---" * 5 + "|"]
+        lines += ["| " + " | ".join([name, *(_cell(models[name].get(key)) for key in (
+            "perplexity", "last_word", "lm_head_perplexity", "lm_head_last_word"))]) + " |" for name in decoders]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
 """Fine-tuning a tiny pretrained encoder end to end (TSV task → results files), the loss against NumPy, errors."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,13 +12,17 @@ import pytest
 
 from headless_jax.config import base_config
 from headless_jax.downstream import results
-from headless_jax.downstream.classifier import Classifier, class_weights, make_objective, pretrained_start
-from headless_jax.downstream.finetune import finetune_optimizer, parse_tasks, run
+from headless_jax.downstream.classifier import (Classifier, build_predict, class_weights, make_objective,
+                                                pretrained_start)
+from headless_jax.downstream.encode import encode
+from headless_jax.downstream.finetune import FineTuning, finetune_optimizer, outputs, parse_tasks, run
+from headless_jax.downstream.tasks import load_task
 from headless_jax.downstream.finetune_config import classify_base_config
 from headless_jax.evaluate import RUNNERS, runner
 from headless_jax.experiment import Experiment, PretrainedError, load_pretrained
 from headless_jax.model import BODY, HEAD
 from headless_jax.train.layout import Layout
+from headless_jax.train.optim import FIXED_STATS
 from test_configs import DOWNSTREAM_CONFIGS, load_config
 from test_pretrained import ROOT, pretrain
 
@@ -93,12 +98,72 @@ def test_the_optimizer_warms_up_and_a_linear_probe_freezes_the_body(freeze_body)
     config.update(freeze_body=freeze_body, warmup_fraction=0.25)
     optimizer, schedule = finetune_optimizer(config, num_steps=8)
     assert float(schedule(0)) == 0.0 and float(schedule(2)) == pytest.approx(config.optim.learning_rate)
-    params = {"body": {"layer": {"kernel": np.ones((2, 2), np.float32)}}, "head": {"kernel": np.ones(2, np.float32)}}
+    params = {"body": {"layer": {"kernel": np.ones((2, 2), np.float32)}},
+              "head": {"kernel": np.ones(2, np.float32), FIXED_STATS: {"mean": np.ones(2, np.float32)}}}
     state = optimizer.init(params)
     for _ in range(2):  # the first step has learning rate 0 (warmup)
         updates, state = optimizer.update(params, state, params)  # gradients = params: none is zero
     assert np.asarray(updates["head"]["kernel"]).any()
     assert np.asarray(updates["body"]["layer"]["kernel"]).any() != freeze_body
+    assert np.asarray(updates["head"][FIXED_STATS]["mean"]).any() != freeze_body  # a probe's statistics stay fixed
+
+
+def probe_outputs(pretrained, config, task, layout, scale_D=1.0, shift_D=0.0):
+    """A probe trained on `pretrained` whose final norm is scaled and shifted (its features become an affine map of
+    the original's): the trained head's params and its dev logits."""
+    body = jax.tree.map(np.asarray, pretrained.params[BODY])
+    norm = body["final_norm"]
+    body["final_norm"] = {"scale": norm["scale"] * scale_D, "bias": norm["bias"] * scale_D + shift_D}
+    shardings = jax.tree.map(lambda a: a.sharding, pretrained.params[BODY])
+    moved = dataclasses.replace(pretrained, params={BODY: jax.device_put(body, shardings)})
+    train = encode(pretrained.tokenizer, task.train, config.seq_len)
+    runs = FineTuning(task, moved, config, train, layout)
+    params = runs.train(0, config.optim.learning_rate)
+    dev = encode(pretrained.tokenizer, task.eval["validation"], config.seq_len)
+    experiment, _ = runs._experiment(config.optim.learning_rate)
+    predict = build_predict(runs.classifier, experiment.state_shardings["params"], layout)
+    return params, outputs(predict, params, dev, config.eval_batch_size, layout), (moved, dev)
+
+
+def test_a_standardized_probe_reads_features_at_any_scale(encoder_run, tmp_path):
+    easy_sst2(tmp_path / "glue")
+    config = tiny_config(encoder_run, tmp_path / "glue")
+    config.update(freeze_body=True, pooling="mean", standardize_features=True, epochs=2, dropout_rate=0.0)
+    assert config.body_dropout_rate == 0.0  # tiny_config's, as the probe's
+    layout = Layout.from_config(config.mesh)
+    pretrained = load_pretrained(str(encoder_run), layout, causal=False)
+    task = load_task("sst2", config, pretrained.config.data.heldout_fraction)
+    d_model = pretrained.config.model.d_model
+    scale_D, shift_D = np.linspace(20.0, 200.0, d_model, dtype=np.float32), np.float32(7.0)
+    params, logits, _ = probe_outputs(pretrained, config, task, layout)
+    moved_params, moved_logits, (moved, dev) = probe_outputs(pretrained, config, task, layout, scale_D, shift_D)
+    np.testing.assert_allclose(moved_logits, logits, rtol=1e-3, atol=1e-3)  # the same probe, whatever the scale
+    np.testing.assert_allclose(moved_params[HEAD]["classifier"]["kernel"], params[HEAD]["classifier"]["kernel"],
+                               rtol=1e-3, atol=1e-4)
+    # The fixed statistics are the moved body's mean-pooled training features' (float64 NumPy), untouched by training.
+    train = encode(pretrained.tokenizer, task.train, config.seq_len)
+    classifier = Classifier(ml_collections.FrozenConfigDict(pretrained.config.model), 2, "mean", 0.0)
+    h_NxLxD = np.asarray(classifier.apply({"params": {BODY: moved.params[BODY]}}, train["tokens"], train["segment_ids"],
+                                          train["positions"], method=lambda m, *a: m.body(*a, True)), np.float64)
+    w_NxL = train["segment_ids"].astype(np.float64)
+    pooled_NxD = (h_NxLxD * w_NxL[..., None]).sum(1) / w_NxL.sum(1, keepdims=True)
+    stats = moved_params[HEAD][FIXED_STATS]
+    np.testing.assert_allclose(stats["mean"], pooled_NxD.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(stats["std"], pooled_NxD.std(0), rtol=1e-3)
+    # Without standardization the same transform changes what the probe learns.
+    config.standardize_features = False
+    _, plain_logits, _ = probe_outputs(pretrained, config, task, layout)
+    _, plain_moved_logits, _ = probe_outputs(pretrained, config, task, layout, scale_D, shift_D)
+    assert np.abs(plain_moved_logits - plain_logits).max() > 1.0
+
+
+@pytest.mark.parametrize("freeze_body,body_dropout_rate", [(False, 0.0), (True, 0.1)])
+def test_standardized_features_need_a_frozen_deterministic_body(tmp_path, freeze_body, body_dropout_rate):
+    config = tiny_config(tmp_path / "no_such_run", tmp_path)
+    config.update(standardize_features=True, freeze_body=freeze_body, body_dropout_rate=body_dropout_rate)
+    with pytest.raises(ValueError, match=r"standardize_features=True needs freeze_body=True and body_dropout_rate=0 "
+                                         rf"\(got {freeze_body}, {body_dropout_rate}\).*--config.body_dropout_rate=0"):
+        run(config, str(tmp_path / "out"))
 
 
 def test_a_decoder_checkpoint_is_refused(tmp_path):

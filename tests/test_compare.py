@@ -50,6 +50,12 @@ def test_the_table_is_the_jobs_own_results(compared):
             lm = json.loads((workdir / "clm_lm_eval" / "results.json").read_text())
             assert row["perplexity"]["mean"] == lm["perplexity"]["perplexity"] > 1
             assert row["last_word"]["mean"] == 100 * lm["last_word"]["accuracy"]
+            # A headless decoder is scored again after the LM-head phase, a run initialised from it.
+            head = json.loads((workdir / "clm_lm_head_lm_eval" / "results.json").read_text())
+            assert row["lm_head_perplexity"]["mean"] == head["perplexity"]["perplexity"] < row["perplexity"]["mean"]
+            head_config = json.loads((workdir / "clm_lm_head" / "config.json").read_text())
+            assert head_config["train"]["init_from"] == str(workdir / "clm")
+            assert head_config["model"]["head"] == "untied"
             assert "finetune" not in row and not (workdir / "clm_books").exists()
             continue
         books = json.loads((workdir / f"{name}_books" / "results.json").read_text())["tasks"]["books"]
@@ -70,7 +76,8 @@ def test_the_table_is_the_jobs_own_results(compared):
     assert table.count("\n| headless |") == 1 and "| books | headless − classical |" in table
     header, rule = table.splitlines()[:2]
     assert header.count("|") == rule.count("|") == 1 + 6  # model, books × (test, per seed, lr), MLM, bits per byte
-    assert table.count("\n| clm |") == 1 and "\n| decoder | held-out perplexity | last-word accuracy % |" in table
+    assert table.count("\n| clm |") == 1 and ("\n| decoder | held-out perplexity | last-word accuracy % | after the "
+                                              "LM-head phase: perplexity | last-word accuracy % |") in table
 
 
 def test_running_it_again_redoes_nothing(compared):
@@ -140,3 +147,18 @@ def test_the_recipe_study_at_equal_flops_gives_each_family_its_classical_baselin
     assert budget["mosaicbert_cwt"] == budget["mlm_ce"] != budget["meap_cwt"] == budget["clm_ce"]
     assert steps_within_budget(load_config("demo", None), budget["mlm_cwt"]) > 600  # headless MLM is cheaper
     assert ("spanbert_cwt", "spanbert_ce") in flops.pairs and ("bpdec_ce", "mlm_ce") in flops.pairs
+
+
+def test_one_family_of_the_recipe_study_is_the_whole_studys_runs_of_that_family():
+    whole, flops = load_config("recipes_comparison", None), load_config("recipes_comparison", "flops")
+    decoders = load_config("recipes_comparison", "decoders")
+    encoders = load_config("recipes_comparison", "flops,encoders")
+    assert set(decoders.models) == {m for m in whole.models if m[1].split(".py")[0] in (
+        "configs/clm_demo", "configs/meap", "configs/prefix_lm")} and len(decoders.models) == 6
+    assert decoders.control_steps == 0 and decoders.pairs == ()  # the control and the pairs are read on books
+    assert set(encoders.models) == set(flops.models) - {m for m in flops.models if m[0].split("_")[0] in (
+        "clm", "meap", "prefix")} and len(encoders.models) == 12
+    assert encoders.control_steps == whole.control_steps == 1 and encoders.pairs == whole.pairs
+    assert [s for s, *_ in whole.finetune] == ["books", "books_probe"]
+    with pytest.raises(ValueError, match=r"unknown \['decoder'\]; use no argument .* flops, encoders, decoders"):
+        load_config("recipes_comparison", "flops,decoder")

@@ -44,7 +44,7 @@ DOWNSTREAM_CONFIGS: dict[str, list] = {  # `python -m headless_jax.evaluate` con
     "mlm_eval": [None],  # tests/test_recipes.py
     "harness": [None],  # tests/test_harness.py
     "comparison": [None, "study"],  # python -m headless_jax.compare: tests/test_compare.py
-    "recipes_comparison": [None, "flops"],
+    "recipes_comparison": [None, "flops", "decoders", "flops,encoders"],
 }
 
 

@@ -13,25 +13,48 @@ from headless_jax.model import BODY, HEAD
 from headless_jax.model.layers import dense_init, zeros_init
 from headless_jax.model.transformer import Transformer
 from headless_jax.train.layout import Layout
+from headless_jax.train.optim import FIXED_STATS
+
+
+def pool(h_BxLxD: jax.Array, segment_ids_BxL: jax.Array, pooling: str) -> jax.Array:
+    """[B, D] float32: the first token's hidden state (cls) or the mean over non-padding tokens (mean)."""
+    if pooling == "cls":
+        return h_BxLxD[:, 0].astype(jnp.float32)
+    if pooling == "mean":
+        weights_BxL = (segment_ids_BxL != 0).astype(jnp.float32)
+        return ((h_BxLxD * weights_BxL[..., None]).sum(1) / jnp.maximum(weights_BxL.sum(1, keepdims=True), 1)
+                ).astype(jnp.float32)
+    raise ValueError(f"unknown pooling {pooling!r}; use cls or mean")
+
+
+class Standardize(nn.Module):
+    """x ↦ (x − mean) / std per feature, mean and std held as parameters that a probe never trains (FIXED_STATS)."""
+
+    @nn.compact
+    def __call__(self, x_BxD: jax.Array) -> jax.Array:
+        shape = (x_BxD.shape[-1],)
+        mean_D = self.param("mean", zeros_init(("embed",)), shape)
+        std_D = self.param("std", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)), shape)
+        return (x_BxD - mean_D) / std_D
 
 
 class ClassificationHead(nn.Module):
-    """Sequence classification / regression: pooled hidden state → dropout → linear."""
+    """Sequence classification / regression: pooled hidden state → (standardized) → dropout → linear."""
     num_outputs: int
     pooling: str = "cls"  # cls (first token) | mean (over non-padding tokens)
     dropout_rate: float = 0.1
     init_std: float = 0.02
+    # A probe's features z-scored by the frozen body's training-set statistics (set by FineTuning): the probe then
+    # reads every feature at one scale, however large the part the features share (an ELECTRA body's is ~10⁴ ×
+    # their variation at demo scale, docs/downstream.md).
+    standardize: bool = False
 
     @nn.compact
     def __call__(self, h_BxLxD: jax.Array, segment_ids_BxL: jax.Array, deterministic: bool = True) -> jax.Array:
-        if self.pooling == "cls":
-            pooled_BxD = h_BxLxD[:, 0]
-        elif self.pooling == "mean":
-            weights_BxL = (segment_ids_BxL != 0).astype(jnp.float32)
-            pooled_BxD = (h_BxLxD * weights_BxL[..., None]).sum(1) / jnp.maximum(weights_BxL.sum(1, keepdims=True), 1)
-        else:
-            raise ValueError(f"unknown pooling {self.pooling!r}; use cls or mean")
-        pooled_BxD = nn.Dropout(self.dropout_rate)(pooled_BxD.astype(jnp.float32), deterministic=deterministic)
+        pooled_BxD = pool(h_BxLxD, segment_ids_BxL, self.pooling)
+        if self.standardize:
+            pooled_BxD = Standardize(name=FIXED_STATS)(pooled_BxD)
+        pooled_BxD = nn.Dropout(self.dropout_rate)(pooled_BxD, deterministic=deterministic)
         return nn.Dense(self.num_outputs, name="classifier",
                         kernel_init=dense_init(self.init_std, ("embed", "classes")),
                         bias_init=zeros_init(("classes",)))(pooled_BxD)
@@ -44,6 +67,7 @@ class Classifier(nn.Module):
     num_outputs: int
     pooling: str
     dropout_rate: float
+    standardize: bool = False
 
     def setup(self):
         self.body = Transformer(self.model_cfg)
@@ -53,10 +77,14 @@ class Classifier(nn.Module):
         h_BxLxD = self.body(tokens_BxL, segment_ids_BxL, positions_BxL, deterministic)
         return self.head(h_BxLxD, segment_ids_BxL, deterministic)
 
+    def features(self, tokens_BxL, segment_ids_BxL, positions_BxL) -> jax.Array:
+        """[B, D]: the pooled body output the head reads (deterministic); needs the body's parameters alone."""
+        return pool(self.body(tokens_BxL, segment_ids_BxL, positions_BxL, True), segment_ids_BxL, self.pooling)
+
 
 def classification_head(classifier: Classifier, **kwargs) -> ClassificationHead:
     return ClassificationHead(classifier.num_outputs, classifier.pooling, classifier.dropout_rate,
-                              classifier.model_cfg.init_std, **kwargs)
+                              classifier.model_cfg.init_std, classifier.standardize, **kwargs)
 
 
 def class_weights(labels_N: np.ndarray, num_classes: int) -> np.ndarray:
@@ -82,23 +110,39 @@ def make_objective(classifier: Classifier, num_classes: int, weights_C: np.ndarr
     return objective
 
 
-def pretrained_start(classifier: Classifier, seq_len: int) -> Callable[[dict, jax.Array], dict]:
+def pretrained_start(classifier: Classifier, seq_len: int,
+                     feature_stats: dict[str, np.ndarray] | None = None) -> Callable[[dict, jax.Array], dict]:
     """`(body params, rng) → params`: the pretrained body and a fresh head drawn from `rng` (for
-    Experiment.state_fn, so that one compilation serves every seed)."""
+    Experiment.state_fn, so that one compilation serves every seed); a standardizing head gets `feature_stats`
+    ({'mean', 'std'}: [D] each, the pooled training features', from `feature_stats`)."""
+    if classifier.standardize and feature_stats is None:
+        raise ValueError("a standardizing classifier needs feature_stats (classifier.feature_stats)")
     batch = dummy_batch(seq_len)
 
     def params(body, rng):
         h_1xLxD = jnp.zeros((1, seq_len, classifier.model_cfg.d_model), jnp.float32)
-        head = classification_head(classifier, parent=None)
+        head = nn.unbox(classification_head(classifier, parent=None).init(rng, h_1xLxD, batch["segment_ids"]))
+        if classifier.standardize:
+            head["params"][FIXED_STATS] = {key: jnp.asarray(value, jnp.float32) for key, value in feature_stats.items()}
         # A copy: the train step donates its state, and the pretrained body must survive for the next seed.
-        return {BODY: jax.tree.map(jnp.copy, body), HEAD: head.init(rng, h_1xLxD, batch["segment_ids"])["params"]}
+        return {BODY: jax.tree.map(jnp.copy, body), HEAD: head["params"]}
     return params
 
 
-def build_predict(classifier: Classifier, param_shardings, layout: Layout) -> Callable:
-    """`predict(params, batch) -> [B, num_outputs]`, deterministic, replicated on every process."""
+def build_predict(classifier: Classifier, param_shardings, layout: Layout, features: bool = False) -> Callable:
+    """`predict(params, batch) -> [B, ...]`, deterministic, replicated on every process: the classifier's outputs,
+    or with `features` its pooled features, from the body's params ({BODY: ...}) alone."""
     def predict(params, batch):
-        return classifier.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"], True)
+        args = (batch["tokens"], batch["segment_ids"], batch["positions"])
+        if features:
+            return classifier.apply({"params": params}, *args, method=Classifier.features)
+        return classifier.apply({"params": params}, *args, True)
 
     return jax.jit(predict, in_shardings=(param_shardings, layout.batch_sharding),
                    out_shardings=NamedSharding(layout.mesh, PartitionSpec()))
+
+
+def feature_stats(features_NxD: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-feature mean and standard deviation (float64, floored at 1e-6 so a constant feature stays finite)."""
+    features_NxD = np.asarray(features_NxD, np.float64)
+    return {"mean": features_NxD.mean(0), "std": np.maximum(features_NxD.std(0), 1e-6)}

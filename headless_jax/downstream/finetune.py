@@ -14,8 +14,8 @@ import tqdm
 from etils import epath
 
 from headless_jax.downstream import metrics, results
-from headless_jax.downstream.classifier import (Classifier, build_predict, class_weights, make_objective,
-                                                pretrained_start)
+from headless_jax.downstream.classifier import (Classifier, build_predict, class_weights, feature_stats,
+                                                make_objective, pretrained_start)
 from headless_jax.downstream.encode import encode
 from headless_jax.downstream.examples import TaskData
 from headless_jax.downstream.glue import GLUE_TASKS
@@ -41,6 +41,12 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     names = parse_tasks(config.tasks)
+    if config.standardize_features and (not config.freeze_body or config.body_dropout_rate):
+        raise ValueError(f"standardize_features=True needs freeze_body=True and body_dropout_rate=0 (got "
+                         f"{config.freeze_body}, {config.body_dropout_rate}): the statistics are the frozen body's "
+                         "features as they are, which fine-tuning would change and dropout would drown (collapsed "
+                         "features vary less than its noise); set --config.freeze_body=True "
+                         "--config.body_dropout_rate=0 (a linear probe) or --config.standardize_features=False")
     layout = Layout.from_config(config.mesh)
     pretrained = load_pretrained(config.pretrained, layout, config.pretrained_step, config.tokenizer_model,
                                  causal=False)
@@ -94,7 +100,7 @@ class FineTuning:
         model_cfg = ml_collections.ConfigDict(pretrained.config.model)
         model_cfg.dropout_rate = config.body_dropout_rate
         self.classifier = Classifier(ml_collections.FrozenConfigDict(model_cfg), task.num_classes or 1,
-                                     config.pooling, config.dropout_rate)
+                                     config.pooling, config.dropout_rate, config.standardize_features)
         self.task, self.pretrained, self.config, self.data, self.layout = task, pretrained, config, train, layout
         self.steps_per_epoch = len(train["labels"]) // config.batch_size
         self.weights_C = (class_weights(train["labels"], task.num_classes)
@@ -102,6 +108,7 @@ class FineTuning:
         self.last_losses: list[float] = []  # each train()'s mean loss over its last epoch
         self._experiments: dict[float, tuple[Experiment, object]] = {}
         self._predict = None
+        self._stats: dict[str, np.ndarray] | None = None
 
     def _experiment(self, rate: float) -> tuple[Experiment, object]:
         if rate not in self._experiments:
@@ -112,9 +119,19 @@ class FineTuning:
                                     make_objective(self.classifier, self.task.num_classes, self.weights_C), optimizer,
                                     schedule, config.seq_len)
             with self.layout.active():
-                init = experiment.state_fn(pretrained_start(self.classifier, config.seq_len))
+                stats = self._feature_stats(experiment) if config.standardize_features else None
+                init = experiment.state_fn(pretrained_start(self.classifier, config.seq_len, stats))
             self._experiments[rate] = experiment, init
         return self._experiments[rate]
+
+    def _feature_stats(self, experiment: Experiment) -> dict[str, np.ndarray]:
+        """The pooled features' statistics over the training set, from the frozen pretrained body (once)."""
+        if self._stats is None:
+            shardings = {BODY: experiment.state_shardings["params"][BODY]}
+            body = jax.device_put({BODY: self.pretrained.params[BODY]}, shardings)
+            features = build_predict(self.classifier, shardings, self.layout, features=True)
+            self._stats = feature_stats(outputs(features, body, self.data, self.config.eval_batch_size, self.layout))
+        return self._stats
 
     def train(self, seed: int, rate: float, after_epoch: Callable[[int, dict], None] | None = None) -> dict:
         """The params after `epochs` epochs at peak rate `rate`; after_epoch(epoch, params) after each (1-based)."""
@@ -199,16 +216,21 @@ def finetune_optimizer(config, num_steps: int) -> tuple[optax.GradientTransforma
 
 
 def evaluate(predict, params, data: dict, task: TaskData, batch_size: int, layout: Layout) -> dict[str, float]:
-    """The task's metrics over all of `data` (the last batch is padded, its padding rows dropped)."""
+    """The task's metrics over all of `data`."""
+    out_NxC = outputs(predict, params, data, batch_size, layout)
+    predictions = out_NxC[:, 0] if task.num_classes == 0 else out_NxC.argmax(-1)
+    return metrics.compute(task.metrics, predictions, data["labels"])
+
+
+def outputs(predict, params, data: dict, batch_size: int, layout: Layout) -> np.ndarray:
+    """predict's outputs for every row of `data`, in order (the last batch is padded, its padding rows dropped)."""
     n = len(data["labels"])
-    outputs = []
+    found = []
     for start in range(0, n, batch_size):
         rows = np.arange(start, start + batch_size) % n  # padding repeats rows; they are cut below
         batch = _take({k: v for k, v in data.items() if k != "labels"}, rows)
-        outputs.append(np.asarray(predict(params, layout.distribute(batch))))
-    out_NxC = np.concatenate(outputs)[:n]
-    predictions = out_NxC[:, 0] if task.num_classes == 0 else out_NxC.argmax(-1)
-    return metrics.compute(task.metrics, predictions, data["labels"])
+        found.append(np.asarray(predict(params, layout.distribute(batch))))
+    return np.concatenate(found)[:n]
 
 
 def _take(arrays: dict, rows: np.ndarray) -> dict:

@@ -16,6 +16,7 @@ def classify_base_config(tasks: str) -> ml_collections.ConfigDict:
     c.dropout_rate = 0.1  # before the classifier
     c.body_dropout_rate = 0.1  # replaces the pretraining model.dropout_rate while fine-tuning
     c.freeze_body = False  # True: a linear probe (only the head trains), to read the pretrained features as they are
+    c.standardize_features = False  # with freeze_body: z-score the pooled features by their training-set statistics
     c.class_balanced = False  # the paper's class-balanced cross-entropy (weights N / (C·n_c))
     c.batch_size = 32
     c.eval_batch_size = 128

@@ -73,15 +73,22 @@ def train_optimizer(config) -> tuple[optax.GradientTransformation | SparseEmbedd
     return optimizer, schedule
 
 
+FIXED_STATS = "fixed_stats"  # a head subtree of statistics, not parameters (a probe's feature standardization)
+
+
 def head_only(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`optimizer` on the model's head alone; every body parameter gets a zero update (a probe of the body)."""
+    """`optimizer` on the model's head alone; every body parameter, and the head's FIXED_STATS, get a zero update
+    (a probe of the body)."""
     # Zeroing the frozen gradients first keeps them out of the clipping norm and the moments; zeroing the frozen
     # updates last removes weight decay. Both are stateless (optax.multi_transform's masked moments hold
     # MaskedNode leaves, which the sharded state layout cannot carry).
-    freeze = optax.masked(optax.set_to_zero(), body_mask)
+    freeze = optax.masked(optax.set_to_zero(), frozen_mask)
     return optax.chain(freeze, optimizer, freeze)
 
 
-def body_mask(params) -> dict:
-    """True for every parameter outside the head (the vocabulary or classification head)."""
-    return {name: jax.tree.map(lambda _, name=name: name != HEAD, subtree) for name, subtree in params.items()}
+def frozen_mask(params) -> dict:
+    """True for every parameter outside the head (the vocabulary or classification head) and in its FIXED_STATS."""
+    def frozen(path, _):
+        keys = [getattr(key, "key", None) for key in path]
+        return keys[0] != HEAD or FIXED_STATS in keys
+    return jax.tree_util.tree_map_with_path(frozen, params)
