@@ -22,8 +22,8 @@ def pool(h_BxLxD: jax.Array, segment_ids_BxL: jax.Array, pooling: str) -> jax.Ar
         return h_BxLxD[:, 0].astype(jnp.float32)
     if pooling == "mean":
         weights_BxL = (segment_ids_BxL != 0).astype(jnp.float32)
-        return ((h_BxLxD * weights_BxL[..., None]).sum(1) / jnp.maximum(weights_BxL.sum(1, keepdims=True), 1)
-                ).astype(jnp.float32)
+        h_BxLxD = h_BxLxD.astype(jnp.float32)
+        return (h_BxLxD * weights_BxL[..., None]).sum(1) / jnp.maximum(weights_BxL.sum(1, keepdims=True), 1)
     raise ValueError(f"unknown pooling {pooling!r}; use cls or mean")
 
 
@@ -116,7 +116,7 @@ def pretrained_start(classifier: Classifier, seq_len: int,
     Experiment.state_fn, so that one compilation serves every seed); a standardizing head gets `feature_stats`
     ({'mean', 'std'}: [D] each, the pooled training features', from `feature_stats`)."""
     if classifier.standardize and feature_stats is None:
-        raise ValueError("a standardizing classifier needs feature_stats (classifier.feature_stats)")
+        raise ValueError("a standardizing classifier needs feature_stats: feature_stats(pooled training features)")
     batch = dummy_batch(seq_len)
 
     def params(body, rng):
