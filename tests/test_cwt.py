@@ -98,8 +98,8 @@ def test_blockwise_equals_dense_under_jit(group_size):
     dense = value_and_grads(loss_fn(group_size, 0.5), *args)
     blockwise = value_and_grads(loss_fn(group_size, 0.5, block_size=8), *args)
     np.testing.assert_allclose(blockwise[0], dense[0], rtol=1e-6)
-    for got, want in zip(blockwise[1], dense[1]):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    for got, want in zip(blockwise[1], dense[1]):  # float32 rounding, relative to the gradient's scale
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def has_kxk(f, args, k):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from headless_jax.model.heads import head_logits
-from headless_jax.objectives.reduce import gumbel_max_step, logsumexp_step, weighted_mean
+from headless_jax.objectives.reduce import logsumexp_step, sample_step, weighted_mean
 
 
 class VocabStats(NamedTuple):
@@ -66,18 +66,18 @@ def chunked_stats(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Ar
 
 def vocab_sample(features_NxD: jax.Array, weight_VxD: jax.Array, bias_V: jax.Array | None, rng: jax.Array,
                  chunk: int = 0) -> jax.Array:
-    """int32 [N]: a token drawn for each row from softmax(features·weightᵀ + bias), by Gumbel-max over vocabulary
-    chunks of `chunk` rows (0: all at once), so never more than [N,chunk] logits; no gradient."""
+    """int32 [N]: a token drawn for each row from softmax(features·weightᵀ + bias), streamed over vocabulary
+    chunks of `chunk` rows (0: all at once; reduce.sample_step), so never more than [N,chunk] logits; no gradient."""
     vocab = weight_VxD.shape[0]
 
     def draw(carry, vocab_chunk):
         index_C = vocab_chunk[2]
         logits_NxC = _chunk_logits(features_NxD, vocab_chunk, vocab)
-        return gumbel_max_step(*carry, logits_NxC, index_C, jax.random.fold_in(rng, index_C[0])), None
+        return sample_step(*carry, logits_NxC, index_C, jax.random.fold_in(rng, index_C[0])), None
 
     num_rows = features_NxD.shape[0]
-    init = (jnp.full((num_rows,), -jnp.inf), jnp.zeros((num_rows,), jnp.int32))
-    (_, token_N), _ = jax.lax.scan(draw, init, _vocab_chunks(weight_VxD, bias_V, chunk or vocab))
+    init = (jnp.full((num_rows,), -jnp.inf), jnp.zeros((num_rows,)), jnp.zeros((num_rows,), jnp.int32))
+    (_, _, token_N), _ = jax.lax.scan(draw, init, _vocab_chunks(weight_VxD, bias_V, chunk or vocab))
     return token_N
 
 

@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from headless_jax.objectives.reduce import gumbel_max_step, logsumexp_step
+from headless_jax.objectives.reduce import logsumexp_step, sample_step
 
 
 def _column_blocks(t_GxKxD: jax.Array, valid_GxK: jax.Array, block: int):
@@ -100,12 +100,14 @@ blockwise_row_losses.defvjp(_fwd, _bwd)
 def sample_columns(o_GxKxD: jax.Array, t_GxKxD: jax.Array, valid_GxK: jax.Array, temperature: float, block: int,
                    rng: jax.Array) -> jax.Array:
     """int32 [G,K]: for each row a column of its group drawn from the row's CWT distribution softmax(Z[s,:]) over the
-    kept columns (the valid ones and its own), by Gumbel-max over column blocks: [G,K,block] logits at most."""
+    kept columns (the valid ones and its own), streamed over column blocks (reduce.sample_step): [G,K,block] logits
+    at most."""
     def draw(carry, column_block):
         index_C = column_block[2]
         logits_GxKxC = _block_logits(o_GxKxD, *column_block, temperature)
-        return gumbel_max_step(*carry, logits_GxKxC, index_C, jax.random.fold_in(rng, index_C[0])), None
+        return sample_step(*carry, logits_GxKxC, index_C, jax.random.fold_in(rng, index_C[0])), None
 
-    init = (jnp.full(valid_GxK.shape, -jnp.inf), jnp.zeros(valid_GxK.shape, jnp.int32))
-    (_, column_GxK), _ = jax.lax.scan(draw, init, _column_blocks(t_GxKxD, valid_GxK, block))
+    zeros_GxK = jnp.zeros(valid_GxK.shape, jnp.float32)
+    init = (jnp.full_like(zeros_GxK, -jnp.inf), zeros_GxK, jnp.zeros(valid_GxK.shape, jnp.int32))
+    (_, _, column_GxK), _ = jax.lax.scan(draw, init, _column_blocks(t_GxKxD, valid_GxK, block))
     return column_GxK
