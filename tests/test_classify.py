@@ -12,8 +12,7 @@ import pytest
 
 from headless_jax.config import base_config
 from headless_jax.downstream import results
-from headless_jax.downstream.classifier import (Classifier, build_predict, class_weights, make_objective,
-                                                pretrained_start)
+from headless_jax.downstream.classifier import Classifier, class_weights, make_objective, pretrained_start
 from headless_jax.downstream.encode import encode
 from headless_jax.downstream.finetune import FineTuning, finetune_optimizer, outputs, parse_tasks, run
 from headless_jax.downstream.tasks import load_task
@@ -80,7 +79,7 @@ def test_the_state_starts_from_the_pretrained_body(encoder_run):
                             optax.constant_schedule(1e-3), 16)
     shardings = experiment.state_shardings
     with layout.active():
-        state = experiment.state_fn(pretrained_start(classifier, 16))(pretrained.params[BODY], jax.random.PRNGKey(0))
+        state = experiment.state_fn(pretrained_start(classifier))(pretrained.params[BODY], jax.random.PRNGKey(0))
     body = jax.tree_util.tree_leaves_with_path(state["params"][BODY])
     want = jax.tree.leaves(pretrained.params[BODY])
     assert len(body) == len(want)
@@ -120,9 +119,7 @@ def probe_outputs(pretrained, config, task, layout, scale_D=1.0, shift_D=0.0):
     runs = FineTuning(task, moved, config, train, layout)
     params = runs.train(0, config.optim.learning_rate)
     dev = encode(pretrained.tokenizer, task.eval["validation"], config.seq_len)
-    experiment, _ = runs._experiment(config.optim.learning_rate)
-    predict = build_predict(runs.classifier, experiment.state_shardings["params"], layout)
-    return params, outputs(predict, params, dev, config.eval_batch_size, layout), (moved, dev)
+    return params, outputs(runs.predict_step(), params, dev, config.eval_batch_size, layout), (moved, dev)
 
 
 def test_a_standardized_probe_reads_features_at_any_scale(encoder_run, tmp_path):
@@ -155,6 +152,39 @@ def test_a_standardized_probe_reads_features_at_any_scale(encoder_run, tmp_path)
     _, plain_logits, _ = probe_outputs(pretrained, config, task, layout)
     _, plain_moved_logits, _ = probe_outputs(pretrained, config, task, layout, scale_D, shift_D)
     assert np.abs(plain_moved_logits - plain_logits).max() > 1.0
+
+
+class BodyAtEveryStep(FineTuning):
+    """The probe as it would run without fixed features: the frozen body run in every train and predict step."""
+
+    def inputs(self, data: dict) -> dict:
+        return data
+
+
+def test_a_probe_on_fixed_features_learns_what_running_its_body_learns(encoder_run, tmp_path):
+    """Features computed once give the probe the head (and dev outputs) that running the frozen body at every step
+    gives, to float32 rounding, head dropout included; full fine-tuning keeps reading tokens."""
+    easy_sst2(tmp_path / "glue")
+    config = tiny_config(encoder_run, tmp_path / "glue")
+    config.update(freeze_body=True, pooling="mean", epochs=2, dropout_rate=0.1)
+    layout = Layout.from_config(config.mesh)
+    pretrained = load_pretrained(str(encoder_run), layout, causal=False)
+    task = load_task("sst2", config, pretrained.config.data.heldout_fraction)
+    train, dev = (encode(pretrained.tokenizer, examples, config.seq_len) for examples in (task.train,
+                                                                                           task.eval["validation"]))
+    fixed, every_step = FineTuning(task, pretrained, config, train, layout), BodyAtEveryStep(
+        task, pretrained, config, train, layout)
+    assert fixed.fixed_features and set(fixed.data) == {"features", "labels"}
+    assert fixed.data["features"].shape == (len(train["labels"]), pretrained.config.model.d_model)
+    fixed_params, every_step_params = fixed.train(0, 3e-3), every_step.train(0, 3e-3)
+    np.testing.assert_allclose(fixed_params[HEAD]["classifier"]["kernel"],
+                               every_step_params[HEAD]["classifier"]["kernel"], rtol=1e-4, atol=1e-6)
+    assert np.abs(np.asarray(fixed_params[HEAD]["classifier"]["kernel"])).max() > 0.05  # it learnt something
+    fixed_dev = outputs(fixed.predict_step(), fixed_params, fixed.inputs(dev), 16, layout)
+    every_step_dev = outputs(every_step.predict_step(), every_step_params, dev, 16, layout)
+    np.testing.assert_allclose(fixed_dev, every_step_dev, rtol=1e-4, atol=1e-5)
+    config.freeze_body = False
+    assert FineTuning(task, pretrained, config, train, layout).data is train
 
 
 @pytest.mark.parametrize("freeze_body,body_dropout_rate", [(False, 0.0), (True, 0.1)])

@@ -8,7 +8,6 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from headless_jax.experiment import dummy_batch
 from headless_jax.model import BODY, HEAD
 from headless_jax.model.layers import dense_init, zeros_init
 from headless_jax.model.transformer import Transformer
@@ -41,7 +40,6 @@ class Standardize(nn.Module):
 class ClassificationHead(nn.Module):
     """Sequence classification / regression: pooled hidden state → (standardized) → dropout → linear."""
     num_outputs: int
-    pooling: str = "cls"  # cls (first token) | mean (over non-padding tokens)
     dropout_rate: float = 0.1
     init_std: float = 0.02
     # A probe's features z-scored by the frozen body's training-set statistics (set by FineTuning): the probe then
@@ -50,8 +48,7 @@ class ClassificationHead(nn.Module):
     standardize: bool = False
 
     @nn.compact
-    def __call__(self, h_BxLxD: jax.Array, segment_ids_BxL: jax.Array, deterministic: bool = True) -> jax.Array:
-        pooled_BxD = pool(h_BxLxD, segment_ids_BxL, self.pooling)
+    def __call__(self, pooled_BxD: jax.Array, deterministic: bool = True) -> jax.Array:
         if self.standardize:
             pooled_BxD = Standardize(name=FIXED_STATS)(pooled_BxD)
         pooled_BxD = nn.Dropout(self.dropout_rate)(pooled_BxD, deterministic=deterministic)
@@ -75,16 +72,31 @@ class Classifier(nn.Module):
 
     def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, deterministic: bool = True) -> jax.Array:
         h_BxLxD = self.body(tokens_BxL, segment_ids_BxL, positions_BxL, deterministic)
-        return self.head(h_BxLxD, segment_ids_BxL, deterministic)
+        return self.head(pool(h_BxLxD, segment_ids_BxL, self.pooling), deterministic)
 
     def features(self, tokens_BxL, segment_ids_BxL, positions_BxL) -> jax.Array:
         """[B, D]: the pooled body output the head reads (deterministic); needs the body's parameters alone."""
         return pool(self.body(tokens_BxL, segment_ids_BxL, positions_BxL, True), segment_ids_BxL, self.pooling)
 
+    def classify(self, features_BxD: jax.Array, deterministic: bool = True) -> jax.Array:
+        """The head alone, on pooled features (those of `features`): a probe's body is run once, not every step."""
+        return self.head(features_BxD, deterministic)
+
 
 def classification_head(classifier: Classifier, **kwargs) -> ClassificationHead:
-    return ClassificationHead(classifier.num_outputs, classifier.pooling, classifier.dropout_rate,
-                              classifier.model_cfg.init_std, classifier.standardize, **kwargs)
+    return ClassificationHead(classifier.num_outputs, classifier.dropout_rate, classifier.model_cfg.init_std,
+                              classifier.standardize, **kwargs)
+
+
+def classifier_outputs(classifier: Classifier, params: dict, batch: dict, deterministic: bool,
+                       rngs: dict | None = None) -> jax.Array:
+    """[B, num_outputs]: the classifier on a batch of tokens (tokens, segment_ids, positions), or the head alone on a
+    batch of pooled `features` (a fixed body's, computed once: FineTuning)."""
+    if "features" in batch:
+        return classifier.apply({"params": params}, batch["features"], deterministic, method=Classifier.classify,
+                                rngs=rngs)
+    return classifier.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"],
+                            deterministic, rngs=rngs)
 
 
 def class_weights(labels_N: np.ndarray, num_classes: int) -> np.ndarray:
@@ -95,10 +107,10 @@ def class_weights(labels_N: np.ndarray, num_classes: int) -> np.ndarray:
 
 def make_objective(classifier: Classifier, num_classes: int, weights_C: np.ndarray | None) -> Callable:
     """(params, batch, rng, deterministic) → (loss, metrics): weighted cross-entropy (weights_C None: plain mean),
-    or mean squared error when num_classes == 0 (regression)."""
+    or mean squared error when num_classes == 0 (regression); the batch holds tokens or pooled features
+    (classifier_outputs)."""
     def objective(params, batch, rng, deterministic):
-        out_BxC = classifier.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"],
-                                   deterministic, rngs={"dropout": rng})
+        out_BxC = classifier_outputs(classifier, params, batch, deterministic, {"dropout": rng})
         labels_B = batch["labels"]
         if num_classes == 0:
             loss = jnp.mean((out_BxC[:, 0] - labels_B) ** 2)
@@ -110,18 +122,17 @@ def make_objective(classifier: Classifier, num_classes: int, weights_C: np.ndarr
     return objective
 
 
-def pretrained_start(classifier: Classifier, seq_len: int,
+def pretrained_start(classifier: Classifier,
                      feature_stats: dict[str, np.ndarray] | None = None) -> Callable[[dict, jax.Array], dict]:
     """`(body params, rng) → params`: the pretrained body and a fresh head drawn from `rng` (for
     Experiment.state_fn, so that one compilation serves every seed); a standardizing head gets `feature_stats`
     ({'mean', 'std'}: [D] each, the pooled training features', from `feature_stats`)."""
     if classifier.standardize and feature_stats is None:
         raise ValueError("a standardizing classifier needs feature_stats: feature_stats(pooled training features)")
-    batch = dummy_batch(seq_len)
 
     def params(body, rng):
-        h_1xLxD = jnp.zeros((1, seq_len, classifier.model_cfg.d_model), jnp.float32)
-        head = nn.unbox(classification_head(classifier, parent=None).init(rng, h_1xLxD, batch["segment_ids"]))
+        pooled_1xD = jnp.zeros((1, classifier.model_cfg.d_model), jnp.float32)
+        head = nn.unbox(classification_head(classifier, parent=None).init(rng, pooled_1xD))
         if classifier.standardize:
             head["params"][FIXED_STATS] = {key: jnp.asarray(value, jnp.float32) for key, value in feature_stats.items()}
         # A copy: the train step donates its state, and the pretrained body must survive for the next seed.
@@ -130,13 +141,14 @@ def pretrained_start(classifier: Classifier, seq_len: int,
 
 
 def build_predict(classifier: Classifier, param_shardings, layout: Layout, features: bool = False) -> Callable:
-    """`predict(params, batch) -> [B, ...]`, deterministic, replicated on every process: the classifier's outputs,
-    or with `features` its pooled features, from the body's params ({BODY: ...}) alone."""
+    """`predict(params, batch) -> [B, ...]`, deterministic, replicated on every process: the classifier's outputs
+    (on a batch of tokens or of pooled features, classifier_outputs), or with `features` its pooled features, from
+    the body's params ({BODY: ...}) alone."""
     def predict(params, batch):
-        args = (batch["tokens"], batch["segment_ids"], batch["positions"])
         if features:
-            return classifier.apply({"params": params}, *args, method=Classifier.features)
-        return classifier.apply({"params": params}, *args, True)
+            return classifier.apply({"params": params}, batch["tokens"], batch["segment_ids"], batch["positions"],
+                                    method=Classifier.features)
+        return classifier_outputs(classifier, params, batch, True)
 
     return jax.jit(predict, in_shardings=(param_shardings, layout.batch_sharding),
                    out_shardings=NamedSharding(layout.mesh, PartitionSpec()))

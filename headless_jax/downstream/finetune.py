@@ -81,6 +81,7 @@ def finetune_task(task: TaskData, pretrained: Pretrained, config, layout: Layout
                          f"batch_size={config.batch_size}; lower --config.batch_size")
     seeds = [config.seed + i for i in range(config.num_seeds)]
     runs = FineTuning(task, pretrained, config, train, layout)
+    evals = {split: runs.inputs(data) for split, data in evals.items()}
     if config.select_on:
         per_seed, selection = selected(runs, evals, seeds, config)
     else:
@@ -94,21 +95,27 @@ def finetune_task(task: TaskData, pretrained: Pretrained, config, layout: Layout
 
 class FineTuning:
     """A task's fine-tuning runs on one pretrained body: the classifier and its predict step built once, a train
-    step per learning rate (compiled once for all seeds)."""
+    step per learning rate (compiled once for all seeds).
+
+    A frozen body without dropout (a linear probe) gives every example fixed features: they are computed once
+    (`inputs`), and the probe trains and scores its head on them, not running the body at every step. Routed layers
+    then take their inference-time decisions, as the frozen features a probe reads should."""
 
     def __init__(self, task: TaskData, pretrained: Pretrained, config, train: dict, layout: Layout):
         model_cfg = ml_collections.ConfigDict(pretrained.config.model)
         model_cfg.dropout_rate = config.body_dropout_rate
         self.classifier = Classifier(ml_collections.FrozenConfigDict(model_cfg), task.num_classes or 1,
                                      config.pooling, config.dropout_rate, config.standardize_features)
-        self.task, self.pretrained, self.config, self.data, self.layout = task, pretrained, config, train, layout
+        self.task, self.pretrained, self.config, self.layout = task, pretrained, config, layout
+        self.fixed_features = config.freeze_body and not config.body_dropout_rate
+        self._pool = None
+        self.data = self.inputs(train)
         self.steps_per_epoch = len(train["labels"]) // config.batch_size
         self.weights_C = (class_weights(train["labels"], task.num_classes)
                           if config.class_balanced and task.num_classes else None)
         self.last_losses: list[float] = []  # each train()'s mean loss over its last epoch
         self._experiments: dict[float, tuple[Experiment, object]] = {}
         self._predict = None
-        self._stats: dict[str, np.ndarray] | None = None
 
     def _experiment(self, rate: float) -> tuple[Experiment, object]:
         if rate not in self._experiments:
@@ -118,20 +125,25 @@ class FineTuning:
             experiment = Experiment(self.layout, self.classifier,
                                     make_objective(self.classifier, self.task.num_classes, self.weights_C), optimizer,
                                     schedule, config.seq_len)
+            # standardize_features needs fixed features (run): their statistics over the training set
+            stats = feature_stats(self.data["features"]) if config.standardize_features else None
             with self.layout.active():
-                stats = self._feature_stats(experiment) if config.standardize_features else None
-                init = experiment.state_fn(pretrained_start(self.classifier, config.seq_len, stats))
+                init = experiment.state_fn(pretrained_start(self.classifier, stats))
             self._experiments[rate] = experiment, init
         return self._experiments[rate]
 
-    def _feature_stats(self, experiment: Experiment) -> dict[str, np.ndarray]:
-        """The pooled features' statistics over the training set, from the frozen pretrained body (once)."""
-        if self._stats is None:
-            shardings = {BODY: experiment.state_shardings["params"][BODY]}
-            body = jax.device_put({BODY: self.pretrained.params[BODY]}, shardings)
-            features = build_predict(self.classifier, shardings, self.layout, features=True)
-            self._stats = feature_stats(outputs(features, body, self.data, self.config.eval_batch_size, self.layout))
-        return self._stats
+    def inputs(self, data: dict) -> dict:
+        """What the classifier reads of `data` (encoded examples): the examples themselves, or with fixed features
+        their pooled features by the pretrained body ({'features': [N, D], 'labels'})."""
+        if not self.fixed_features:
+            return data
+        with self.layout.active():
+            if self._pool is None:
+                shardings = {BODY: self.pretrained.param_shardings[BODY]}
+                self._pool = build_predict(self.classifier, shardings, self.layout, features=True)
+            body = {BODY: self.pretrained.params[BODY]}
+            return {"features": outputs(self._pool, body, data, self.config.eval_batch_size, self.layout),
+                    "labels": data["labels"]}
 
     def train(self, seed: int, rate: float, after_epoch: Callable[[int, dict], None] | None = None) -> dict:
         """The params after `epochs` epochs at peak rate `rate`; after_epoch(epoch, params) after each (1-based)."""
@@ -156,13 +168,19 @@ class FineTuning:
         self.last_losses.append(float(np.mean(losses)))
         return state["params"]
 
-    def evaluate(self, params, data: dict) -> dict[str, float]:
+    def predict_step(self) -> Callable:
+        """The classifier's predict step on this layout (build_predict), built once."""
         if self._predict is None:
             experiment, _ = self._experiment(self.config.optim.learning_rate)
             with self.layout.active():
                 self._predict = build_predict(self.classifier, experiment.state_shardings["params"], self.layout)
+        return self._predict
+
+    def evaluate(self, params, data: dict) -> dict[str, float]:
+        """The task's metrics on `data`, as `inputs` gives it."""
+        predict = self.predict_step()
         with self.layout.active():
-            return evaluate(self._predict, params, data, self.task, self.config.eval_batch_size, self.layout)
+            return evaluate(predict, params, data, self.task, self.config.eval_batch_size, self.layout)
 
 
 def selected(runs: FineTuning, evals: dict, seeds: list[int], config) -> tuple[list[dict], dict]:
