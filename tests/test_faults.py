@@ -1,10 +1,12 @@
 """Fault injection: damaged bytes, a full disk, refused inputs. Each fault ends with one short last message and
 its exit code, never loses the last good checkpoint, and a refused run changes nothing in the workdir."""
-import glob
 import json
 import os
 import shutil
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from headless_jax.command import EXIT_FAILED, EXIT_REFUSED
@@ -19,12 +21,19 @@ LONGER = f"--config.train.num_steps={STEPS + 10}"  # a run that would train on (
 
 
 def damage_bytes(workdir, step: int) -> None:
-    """Overwrites 8 bytes in the middle of the checkpoint's largest array file: it still reads, as other numbers."""
-    files = glob.glob(str(workdir / "checkpoints" / str(step) / "state" / "ocdbt.process_0" / "d" / "*"))
-    largest = max(files, key=os.path.getsize)
-    with open(largest, "r+b") as f:
-        f.seek(os.path.getsize(largest) // 2)
-        f.write(b"\x7f" * 8)
+    """Changes one number of the checkpoint's largest parameter and leaves its saved checksums as they were: the
+    checkpoint still reads, as other numbers, which only the checksums catch (silent corruption). The state is
+    rewritten through Orbax: its arrays are zstd-compressed in OCDBT files that also hold B-tree nodes, so bytes
+    overwritten at a fixed offset may instead make it unreadable (another fault), depending on the order in which
+    the asynchronous writes finished."""
+    path = workdir / "checkpoints" / str(step) / "state"
+    state = ocp.StandardCheckpointer().restore(path)
+    state["params"] = jax.tree.map(np.array, state["params"])  # writable host copies
+    largest = max(jax.tree.leaves(state["params"]), key=np.size)
+    largest.reshape(-1)[largest.size // 2] += 1.0
+    shutil.rmtree(path)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, state)
 
 
 def console_lines(stderr: str) -> list[str]:
