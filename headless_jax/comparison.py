@@ -79,10 +79,11 @@ def scores(config, run: str, workdir: epath.Path) -> dict:
     """The run's scores, by its kind (its saved config): each fine-tuning setting and held-out MLM for an encoder,
     configs/lm_eval.py for a decoder. Percentages; fine-tuning test accuracy per fine-tuning seed."""
     saved = json.loads((workdir / run / "config.json").read_text())
+    found = {"steps": saved["train"]["num_steps"]}  # a FLOP budget sets them (train.flops_budget)
     if saved["model"]["causal"]:
         if not config.lm_eval:
-            return {}
-        found = lm_scores(config, run, workdir)
+            return found
+        found.update(lm_scores(config, run, workdir))
         if config.lm_head and saved["objective"]["loss"] == "cwt":  # o·Eᵀ is no LM until a head is fitted
             head_run = f"{run}_lm_head"
             run_step(f"{run} lm_head", ["headless_jax.main", f"--config={config.lm_head}",
@@ -90,7 +91,7 @@ def scores(config, run: str, workdir: epath.Path) -> dict:
                                         f"--workdir={workdir / head_run}"], workdir / f"{head_run}.log")
             found.update({f"lm_head_{key}": value for key, value in lm_scores(config, head_run, workdir).items()})
         return found
-    found = {"finetune": {}}
+    found["finetune"] = {}
     for setting, spec, *flags in config.finetune:
         task = evaluation(run, setting, [f"--config={spec}", *flags, *config.finetune_overrides],
                           workdir)["tasks"]["books"]
@@ -113,6 +114,7 @@ def summary(per_seed: dict[int, dict]) -> dict:
     seed) run, the other metrics over pretraining seeds; mean and std (population) of each."""
     row = {"pretraining_seeds": sorted(per_seed)}
     runs_scores = [per_seed[seed] for seed in row["pretraining_seeds"]]
+    row["steps"] = [s["steps"] for s in runs_scores]
     if "finetune" in runs_scores[0]:
         row["finetune"] = {}
         for setting in runs_scores[0]["finetune"]:
@@ -170,6 +172,11 @@ def _cell(metric: dict | None, digits: int = 2) -> str:
     return f"{metric['mean']:.{digits}f}" + (f" ± {metric['std']:.{digits}f}" if metric["std"] else "")
 
 
+def _steps(row: dict) -> str:
+    """The pretraining steps of a model's runs (the same for every seed, unless a budget bought otherwise)."""
+    return ", ".join(str(steps) for steps in dict.fromkeys(row["steps"]))
+
+
 def table(result: dict) -> str:
     models = result["models"]
     encoders = [name for name, row in models.items() if "finetune" in row]
@@ -177,10 +184,10 @@ def table(result: dict) -> str:
     settings = list(models[encoders[0]]["finetune"]) if encoders else []
     lines = []
     if encoders:
-        lines += ["| model | " + " | ".join(f"{s} test % | per seed | chosen lr" for s in settings) +
-                  " | held-out MLM accuracy % | bits per byte |", "|---" * (3 + 3 * len(settings)) + "|"]
+        lines += ["| model | steps | " + " | ".join(f"{s} test % | per seed | chosen lr" for s in settings) +
+                  " | held-out MLM accuracy % | bits per byte |", "|---" * (4 + 3 * len(settings)) + "|"]
         for name in encoders:
-            row, cells = models[name], []
+            row, cells = models[name], [_steps(models[name])]
             for setting in settings:
                 found = row["finetune"][setting]
                 per = found["per_pretraining_seed" if len(row["pretraining_seeds"]) > 1 else "per_seed"]
@@ -192,8 +199,8 @@ def table(result: dict) -> str:
         lines += [f"| {d['setting']} | {d['pair']} | {d['delta']:+.2f} | {d['spread']:.2f} | "
                   f"{'yes' if d['outside_spread'] else 'no'} |" for d in result["differences"]]
     if decoders:
-        lines += [*([""] if lines else []), "| decoder | held-out perplexity | last-word accuracy % | after the "
-                  "LM-head phase: perplexity | last-word accuracy % |", "|---" * 5 + "|"]
-        lines += ["| " + " | ".join([name, *(_cell(models[name].get(key)) for key in (
+        lines += [*([""] if lines else []), "| decoder | steps | held-out perplexity | last-word accuracy % | after "
+                  "the LM-head phase: perplexity | last-word accuracy % |", "|---" * 6 + "|"]
+        lines += ["| " + " | ".join([name, _steps(models[name]), *(_cell(models[name].get(key)) for key in (
             "perplexity", "last_word", "lm_head_perplexity", "lm_head_last_word"))]) + " |" for name in decoders]
     return "\n".join(lines) + "\n"

@@ -75,9 +75,10 @@ def test_the_table_is_the_jobs_own_results(compared):
     table = (workdir / "comparison.md").read_text()
     assert table.count("\n| headless |") == 1 and "| books | headless − classical |" in table
     header, rule = table.splitlines()[:2]
-    assert header.count("|") == rule.count("|") == 1 + 6  # model, books × (test, per seed, lr), MLM, bits per byte
-    assert table.count("\n| clm |") == 1 and ("\n| decoder | held-out perplexity | last-word accuracy % | after the "
-                                              "LM-head phase: perplexity | last-word accuracy % |") in table
+    assert header.count("|") == rule.count("|") == 1 + 7  # model, steps, books × (test, per seed, lr), MLM, bpb
+    assert f"\n| headless | {STEPS} | " in table and "\n| untrained | 1 | " in table
+    assert f"\n| clm | {STEPS} | " in table and ("\n| decoder | steps | held-out perplexity | last-word accuracy % | "
+                                                "after the LM-head phase: perplexity | last-word accuracy % |") in table
 
 
 def test_running_it_again_redoes_nothing(compared):
@@ -114,8 +115,8 @@ def test_several_pretraining_seeds_pretrain_each_model_per_seed_and_the_control_
 
 def test_a_row_pools_books_over_every_run_and_other_metrics_over_pretraining_seeds():
     def scores(books, rate, probe, **more):
-        return {"finetune": {"books": {"test": books, "learning_rate": rate},
-                             "probe": {"test": probe, "learning_rate": 1e-2}}, **more}
+        return {"steps": 600, "finetune": {"books": {"test": books, "learning_rate": rate},
+                                           "probe": {"test": probe, "learning_rate": 1e-2}}, **more}
 
     per_seed = {0: scores([50.0, 54.0], 1e-3, [30.0, 30.0], mlm_accuracy=10.0),
                 3: scores([60.0, 62.0], 3e-3, [40.0, 42.0], mlm_accuracy=14.0)}
@@ -125,6 +126,7 @@ def test_a_row_pools_books_over_every_run_and_other_metrics_over_pretraining_see
     assert books["per_pretraining_seed"] == [52.0, 61.0] and books["learning_rate"] == [1e-3, 3e-3]
     assert row["finetune"]["probe"]["mean"] == pytest.approx(35.5)
     assert row["mlm_accuracy"] == {"mean": 12.0, "std": 2.0} and "perplexity" not in row
+    assert row["steps"] == [600, 600]
     rows = {"a": row, "b": comparison.summary({0: scores([40.0, 40.0], 1e-3, [36.0, 36.0])})}
     books_d, probe_d = comparison.differences(rows, [("b", "a")])
     assert books_d["setting"] == "books" and probe_d["setting"] == "probe"
