@@ -9,7 +9,7 @@ The argument, comma-separated words, picks the budget and the family:
   (configs/clm_demo.py:ce), so each recipe trains as many steps as that compute buys (train.flops_budget,
   headless_jax/train/flops.py);
 - both families by default; `encoders` (with the control) or `decoders` alone, e.g. `:flops,decoders`.
-About 2.5 hours of a 2-core machine for the encoders at equal steps (measured 2026-12-07), under 1 for the decoders;
+About 2 h 45 min of a 2-core machine for the encoders at equal steps (measured 2026-12-07), under 1 h for decoders;
 it resumes where it stopped, and one family's runs are the whole study's (same names, same workdir).
 """
 from headless_jax.config import sibling_config
